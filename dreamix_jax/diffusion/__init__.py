@@ -1,0 +1,1 @@
+"""Diffusion process: schedule, v-parameterisation, losses and samplers."""
