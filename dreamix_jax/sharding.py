@@ -1,0 +1,164 @@
+"""Device mesh, logical-axis rules, sharded model creation and batch placement.
+
+Every weight names its axes logically (`embed`, `heads`, `conv_out`, ...); `LOGICAL_AXIS_RULES`
+is the single table that maps those names to the mesh axes `data`, `fsdp` and `tensor`:
+
+  data    pure data parallelism: batch split, weights replicated
+  fsdp    batch split *and* weights sharded (ZeRO-3 style), gathered per layer by XLA
+  tensor  weights split within a layer (heads, output channels); activations follow
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis → mesh axis (or axes, or None for replicated). Every name a weight uses is here.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("text_embed", None),
+    ("kernel", None),
+    ("norm", None),
+    ("relpos", None),
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Mesh.
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Fill at most one -1 in a (data, fsdp, tensor) shape so that the product is `num_devices`."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"A mesh shape needs {len(MESH_AXES)} sizes for {MESH_AXES}, got {shape}.")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"Mesh shape {shape} may hold positive sizes and at most one -1.")
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"Mesh shape {shape} cannot be filled: {num_devices} devices are not "
+                             f"divisible by the fixed sizes' product {known}.")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    elif known != num_devices:
+        raise ValueError(f"Mesh shape {shape} holds {known} devices but {num_devices} are available; "
+                         "make the product match or use -1 for one axis.")
+    return shape
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all), one -1 auto-filled."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = resolve_mesh_shape(shape, len(devices))
+    # Auto axes: XLA propagates activation shardings from the explicit in/out shardings of each jit.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def initialize_distributed(config: Any) -> None:
+    """Start the multi-host runtime when `config.distributed` is set (auto-detected on TPU pods)."""
+    if not config.get("distributed", False):
+        return
+    jax.distributed.initialize(
+        coordinator_address=config.get("coordinator_address") or None,
+        num_processes=config.get("num_processes") or None,
+        process_id=config.get("process_id", -1) if config.get("process_id", -1) >= 0 else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Logical axis names → partition specs.
+# ------------------------------------------------------------------------------------------------
+
+
+def _mesh_axes(axes: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_AXIS_RULES) -> P:
+    """Partition spec for an array with logical axis `names`.
+
+    A dimension the mesh axes do not divide, or a mesh axis already used by an earlier
+    dimension, stays replicated: small layers (3 output channels, 3-tap kernels) just replicate.
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(names, shape, strict=True):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ValueError(f"Logical axis {name!r} has no rule; add it to LOGICAL_AXIS_RULES.")
+        axes = tuple(a for a in _mesh_axes(table[name]) if a not in used and mesh.shape[a] > 1)
+        if not axes or size % int(np.prod([mesh.shape[a] for a in axes])):
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return P(*spec)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
+    """NamedSharding for every variable of an (abstract) nnx state; unnamed ones are replicated."""
+
+    def one(x):
+        if isinstance(x, nnx.Variable):
+            names = x.get_metadata().get("out_sharding")
+            spec = logical_to_spec(names, x.shape, mesh, rules) if names else P()
+            return x.replace(NamedSharding(mesh, spec))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.Module:
+    """Build a model directly in its sharded layout: abstract shapes → shardings → jitted init."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(model_fn))
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    def init():
+        return nnx.split(model_fn())[1]
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data placement.
+# ------------------------------------------------------------------------------------------------
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis split over the data axes, everything else replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Place a batch (pytree of host arrays, this process's rows) as global arrays split over data axes."""
+    data_size = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+    def place(x):
+        x = np.asarray(x)
+        global_rows = x.shape[0] * jax.process_count()
+        if global_rows % data_size:
+            raise ValueError(f"A batch of {global_rows} examples does not divide over the "
+                             f"{data_size} data-parallel devices (data × fsdp) of mesh {dict(mesh.shape)}; "
+                             f"use a multiple of {data_size}.")
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
+    return jax.tree.map(place, batch)
