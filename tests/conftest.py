@@ -1,0 +1,77 @@
+"""Test setup: 8 emulated CPU devices, cheap compiles, a persistent compile cache, shared models.
+
+Environment variables must be set before jax is first imported, hence at the top of this file.
+"""
+
+import functools
+import os
+import pathlib
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+# 8 host devices emulate a pod slice; low XLA optimisation halves compile time of the tiny
+# programs, which dominates this suite on small CPUs.
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""),
+    "--xla_force_host_platform_device_count=8",
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import unet as unet_configs  # noqa: E402
+from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig  # noqa: E402
+
+CACHE_DIR = os.environ.get("DREAMIX_TEST_CACHE", str(pathlib.Path(__file__).parents[1] / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "frames_independent"))
+def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=False):
+    """Functional U-Net forward shared by the tests: one compile per (flag, shapes, sharding)."""
+    return nnx.merge(graphdef, state)(x, logsnr, text, text_mask, frames_independent=frames_independent)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The tiny U-Net config of `configs/unet.py:tiny`."""
+    return unet_configs.get_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    """(graphdef, state) of the tiny U-Net at initialisation (temporal layers are zero-init)."""
+    cfg = UNet3DConfig.from_config(tiny_config.model)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet3D(cfg, rngs=nnx.Rngs(0))))
+    state = jax.jit(lambda: nnx.split(UNet3D(cfg, rngs=nnx.Rngs(0)))[1])()
+    return graphdef, state
+
+
+@pytest.fixture(scope="session")
+def perturbed_model(tiny_model):
+    """The tiny U-Net with every weight perturbed, so the zero-initialised temporal layers act."""
+    graphdef, state = tiny_model
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    leaves = [p + 0.2 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    return graphdef, nnx.merge_state(jax.tree.unflatten(treedef, leaves), rest)
+
+
+def make_inputs(cfg, batch: int, frames: int | None = None, seed: int = 0):
+    """Random video in [-1, 1], log-SNRs, text embeddings and a padded text mask."""
+    rng = np.random.default_rng(seed)
+    v, t = cfg.video, cfg.text
+    frames = frames or v.frames
+    x = rng.uniform(-1, 1, (batch, frames, v.height, v.width, v.channels)).astype(np.float32)
+    logsnr = rng.uniform(-10, 10, (batch,)).astype(np.float32)
+    text = rng.normal(size=(batch, t.length, t.dim)).astype(np.float32)
+    mask = np.ones((batch, t.length), np.float32)
+    mask[:, t.length // 2 + 1:] = 0.0  # padded tail
+    return jnp.asarray(x), jnp.asarray(logsnr), jnp.asarray(text), jnp.asarray(mask)
