@@ -1,0 +1,42 @@
+"""An AdamW step on a fixed tiny batch lowers the v-loss, on the video path and on the frames path."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import make_inputs
+from dreamix_jax.objective import make_train_step, unet_loss
+
+
+@pytest.mark.parametrize("frames_independent", [False, True])
+def test_adamw_lowers_the_v_loss(tiny_config, tiny_model, frames_independent):
+    graphdef, state = tiny_model
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    _, _, text, mask = make_inputs(tiny_config, batch=2)
+    # A smooth moving pattern: structure the model can fit in a few steps (i.i.d. noise is not).
+    b, t, h, w = 2, tiny_config.video.frames, tiny_config.video.height, tiny_config.video.width
+    grid = np.arange(w)[None, None, None, :, None] + np.arange(t)[None, :, None, None, None]
+    x = np.sin(0.6 * grid + np.arange(3) + np.arange(b)[:, None, None, None, None]) * np.ones((b, t, h, w, 3))
+    x = jax.numpy.asarray(0.8 * x, np.float32)
+    batch = dict(video=x, text=text, text_mask=mask)
+    optimizer = optax.adamw(3e-3)
+    step = jax.jit(make_train_step(graphdef, optimizer, frames_independent=frames_independent),
+                   donate_argnums=(0, 1))
+    # A fixed set of (time, noise) draws to measure the loss before and after.
+    eval_keys = jax.random.split(jax.random.key(123), 8)
+    evaluate = jax.jit(jax.vmap(
+        lambda p, k: unet_loss(graphdef, p, rest, batch, k, frames_independent=frames_independent),
+        in_axes=(None, 0)))
+
+    before = float(evaluate(params, eval_keys).mean())
+    params = jax.tree.map(lambda a: a.copy(), params)  # the step donates its inputs
+    opt_state = optimizer.init(params)
+    losses = []
+    for i in range(30):
+        params, opt_state, loss, grad_norm = step(params, opt_state, rest, batch, jax.random.key(i))
+        assert np.isfinite(float(loss)) and float(grad_norm) > 0
+        losses.append(float(loss))
+    after = float(evaluate(params, eval_keys).mean())
+    assert after < 0.8 * before  # measured: 1.10 → 0.74 on both paths, (before, after, losses)
