@@ -48,6 +48,7 @@ def get_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
     config.schedule = dict(logsnr_min=-20.0, logsnr_max=20.0, shift=0.0)
     # Mesh (data, fsdp, tensor); -1 takes every remaining device.
     config.mesh = dict(shape=(-1, 1, 1))
-    config.distributed = False  # True on a multi-host pod: jax.distributed.initialize() first
+    # True on a multi-host pod: jax.distributed.initialize() runs first (see sharding.py).
+    config.distributed = False
     config.seed = 0
     return config

@@ -67,15 +67,20 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def initialize_distributed(config: Any) -> None:
-    """Start the multi-host runtime when `config.distributed` is set (auto-detected on TPU pods)."""
+def initialize_distributed(config: Any) -> bool:
+    """Start the multi-host runtime when `config.distributed` is set; returns whether it did.
+
+    On TPU pods every argument is auto-detected. For several CPU processes on one host, the
+    config also names `coordinator_address`, `num_processes` and `process_id`.
+    """
     if not config.get("distributed", False):
-        return
+        return False
     jax.distributed.initialize(
-        coordinator_address=config.get("coordinator_address") or None,
-        num_processes=config.get("num_processes") or None,
-        process_id=config.get("process_id", -1) if config.get("process_id", -1) >= 0 else None,
+        coordinator_address=config.get("coordinator_address"),
+        num_processes=config.get("num_processes"),
+        process_id=config.get("process_id"),
     )
+    return True
 
 
 # ------------------------------------------------------------------------------------------------

@@ -99,3 +99,15 @@ def test_every_logical_name_has_a_rule(tiny_config):
 def test_config_mesh_default_uses_all_devices():
     mesh = sharding.make_mesh(unet_configs.get_config("tiny").mesh.shape)
     assert mesh.devices.size == jax.device_count() == 8
+
+
+def test_distributed_initialisation_only_when_configured(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert not sharding.initialize_distributed(unet_configs.get_config("tiny"))
+    assert calls == []
+    config = unet_configs.get_config("tiny")
+    config.distributed = True
+    config.coordinator_address, config.num_processes, config.process_id = "localhost:1234", 2, 1
+    assert sharding.initialize_distributed(config)
+    assert calls == [dict(coordinator_address="localhost:1234", num_processes=2, process_id=1)]
