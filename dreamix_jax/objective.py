@@ -27,13 +27,15 @@ def unet_loss(
     frames_independent: bool,
     schedule: Schedule = Schedule(),
 ) -> jax.Array:
-    """Mean v-prediction loss of the U-Net on a batch, time and noise drawn from `key`."""
+    """Mean v-prediction loss of the U-Net on a batch; time, noise and dropout drawn from `key`."""
     model = nnx.merge(graphdef, params, rest)
+    noise_key, dropout_key = jax.random.split(key)
+    nnx.reseed(model, dropout=dropout_key)  # no RNG state to thread through the step
 
     def denoise(z, logsnr):
         return model(z, logsnr, batch["text"], batch["text_mask"], frames_independent=frames_independent)
 
-    return v_loss(denoise, batch["video"], key, schedule).mean()
+    return v_loss(denoise, batch["video"], noise_key, schedule).mean()
 
 
 def make_train_step(

@@ -77,7 +77,8 @@ class ResBlock(nnx.Module):
         self.conv1 = conv(in_ch, out_ch, (3, 3), **kw)
         self.scale_shift = dense(embed_dim, 2 * out_ch, ("embed", "conv_out"), **kw)
         self.norm2 = frame_group_norm(out_ch, num_groups, **kw)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        # Draws from the 'dropout' stream, which the training step reseeds from its key.
+        self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
         self.conv2 = conv(out_ch, out_ch, (3, 3), **kw)
         self.skip = conv(in_ch, out_ch, (1, 1), **kw) if in_ch != out_ch else None
 
