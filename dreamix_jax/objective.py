@@ -28,7 +28,8 @@ def unet_loss(
     schedule: Schedule = Schedule(),
 ) -> jax.Array:
     """Mean v-prediction loss of the U-Net on a batch; time, noise and dropout drawn from `key`."""
-    model = nnx.merge(graphdef, params, rest)
+    # Fresh variable objects for this trace: `rest` (RNG state) arrives closed over by grad.
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
     noise_key, dropout_key = jax.random.split(key)
     nnx.reseed(model, dropout=dropout_key)  # no RNG state to thread through the step
 

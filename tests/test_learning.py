@@ -47,7 +47,7 @@ def test_adamw_lowers_the_v_loss(tiny_config, tiny_model, frames_independent):
 
 
 def test_dropout_follows_the_step_key(tiny_config):
-    cfg = dataclasses.replace(UNet3DConfig.from_config(tiny_config.model), dropout=0.5)
+    cfg = dataclasses.replace(UNet3DConfig.from_config(tiny_config.model), dropout=0.5, remat=True)
     with pytest.raises(ValueError, match="needs a 'dropout' RNG stream"):
         UNet3D(cfg, rngs=nnx.Rngs(0))
     model = UNet3D(cfg, rngs=nnx.Rngs(params=0, dropout=0))
@@ -61,3 +61,9 @@ def test_dropout_follows_the_step_key(tiny_config):
     same = [float(loss(graphdef, params, rest, batch, key)) for _ in range(2)]
     assert same[0] == same[1]  # same key, same dropout masks
     assert abs(same[0] - float(loss(eval_graphdef, params, rest, batch, key))) > 1e-4  # dropout acts
+    # The train step (gradients through rematerialised blocks) sees the same masks for the same key.
+    optimizer = optax.sgd(0.0)
+    step = jax.jit(make_train_step(graphdef, optimizer, frames_independent=False))
+    _, _, step_loss, grad_norm = step(params, optimizer.init(params), rest, batch, key)
+    np.testing.assert_allclose(float(step_loss), same[0], rtol=1e-5)
+    assert np.isfinite(float(grad_norm))
