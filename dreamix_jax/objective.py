@@ -8,7 +8,6 @@ import functools
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 

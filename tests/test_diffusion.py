@@ -83,6 +83,13 @@ def test_mixed_start_times_in_one_batch_equal_one_by_one(eta):
     assert float(jnp.abs(batched[0] - batched[2]).max()) > 1e-2  # the examples did differ
 
 
+def test_legacy_uint32_keys_match_typed_keys():
+    x, t_start = jnp.zeros((3, 4)), jnp.ones(3)
+    for raw in (jax.random.PRNGKey(7), jax.random.split(jax.random.PRNGKey(7), 3)):
+        np.testing.assert_array_equal(dm.start_from(x, raw, t_start),
+                                      dm.start_from(x, jax.random.wrap_key_data(raw), t_start))
+
+
 def test_guidance_weight_one_skips_the_unconditional_pass():
     calls = []
 

@@ -52,6 +52,9 @@ def threshold(x_hat: jax.Array, mode: str, percentile: float = 0.995) -> jax.Arr
 
 def _per_example_keys(key: jax.Array, batch: int) -> jax.Array:
     """A key per example: given (B,) keys are kept, so an example's noise ignores its batch-mates."""
+    # Legacy uint32 keys carry a trailing data axis; wrapping them makes ndim count keys alone.
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
     return key if key.ndim == 1 else jax.random.split(key, batch)
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dreamix_jax.models.layers import logical
+from dreamix_jax.models.layers import layer_norm, logical
 
 
 def attention(
@@ -41,11 +41,7 @@ class MultiHeadAttention(nnx.Module):
         context_dim = context_dim or channels
         dense = dict(dtype=dtype, param_dtype=param_dtype, use_bias=False, rngs=rngs)
         init = nnx.initializers.lecun_normal()
-        self.norm = nnx.LayerNorm(
-            channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            scale_init=logical(nnx.initializers.ones, "norm"),
-            bias_init=logical(nnx.initializers.zeros, "norm"),
-        )
+        self.norm = layer_norm(channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.query = nnx.LinearGeneral(
             channels, (num_heads, head_dim), kernel_init=logical(init, "embed", "heads", "head_dim"), **dense)
         self.key = nnx.LinearGeneral(

@@ -67,6 +67,13 @@ def frame_group_norm(channels: int, num_groups: int, *, dtype: jnp.dtype, param_
         bias_init=logical(nnx.initializers.zeros, "norm"), rngs=rngs)
 
 
+def layer_norm(channels: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over channels at each position (and frame), with named scale and bias."""
+    return nnx.LayerNorm(
+        channels, dtype=dtype, param_dtype=param_dtype, scale_init=logical(nnx.initializers.ones, "norm"),
+        bias_init=logical(nnx.initializers.zeros, "norm"), rngs=rngs)
+
+
 class ResBlock(nnx.Module):
     """Per-frame residual block: norm → SiLU → 3×3 conv, embedding scale/shift, dropout, 3×3 conv."""
 
@@ -96,10 +103,8 @@ class TemporalConv(nnx.Module):
 
     def __init__(self, channels: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        # Per-position LayerNorm: a statistic over time would leak across frames.
-        self.norm = nnx.LayerNorm(
-            channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            scale_init=logical(nnx.initializers.ones, "norm"), bias_init=logical(nnx.initializers.zeros, "norm"))
+        # Per-position norm: a statistic over time would leak across frames.
+        self.norm = layer_norm(channels, **kw)
         self.conv1 = conv(channels, channels, (3,), **kw)
         # Zero-initialised so a new temporal layer starts as the identity of the image model.
         self.conv2 = conv(channels, channels, (3,), zero_init=True, **kw)

@@ -11,7 +11,7 @@ into a set of images: temporal attention gets the identity mask and temporal con
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import einops
@@ -229,7 +229,9 @@ class UNet3D(nnx.Module):
             x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
         emb = self._embed(logsnr, text, text_mask, cond_logsnr)
         run = _apply_block_remat if cfg.remat else _apply_block
-        step = lambda block, h: run(block, h, emb, text, text_mask, frames_independent)
+
+        def step(block, h):
+            return run(block, h, emb, text, text_mask, frames_independent)
 
         h = self.conv_in(x.astype(cfg.dtype))
         skips = [h]
