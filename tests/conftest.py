@@ -48,7 +48,7 @@ def tiny_config():
 def tiny_model(tiny_config):
     """(graphdef, state) of the tiny U-Net at initialisation (temporal layers are zero-init)."""
     cfg = UNet3DConfig.from_config(tiny_config.model)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet3D(cfg, rngs=nnx.Rngs(0))))
+    graphdef = nnx.split(nnx.eval_shape(lambda: UNet3D(cfg, rngs=nnx.Rngs(0))))[0]
     state = jax.jit(lambda: nnx.split(UNet3D(cfg, rngs=nnx.Rngs(0)))[1])()
     return graphdef, state
 
