@@ -26,6 +26,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("mlp", "tensor"),
+    ("vocab", "tensor"),
     ("heads", "tensor"),
     ("head_dim", None),
     ("text_embed", None),

@@ -14,9 +14,19 @@ def attention(
     *,
     bias: jax.Array | None = None,
     mask: jax.Array | None = None,
+    scale: float | None = None,
 ) -> jax.Array:
-    """Scaled dot-product attention on (B, L, heads, head_dim) arrays; logits in float32."""
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    """Dot-product attention on (B, L, heads, head_dim) arrays; logits in float32.
+
+    `scale` multiplies the logits (default 1/√head_dim; T5 uses 1, folded into its query weights).
+    A query whose `mask` row hides every key reads nothing (zeros), rather than the softmax's
+    uniform average of hidden keys: that is what makes an all-False text mask a null condition.
+    """
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
+    if mask is None:
+        return out
+    sees_a_key = jnp.any(mask, axis=-1)  # (B, heads or 1, queries or 1)
+    return out * jnp.swapaxes(sees_a_key, 1, 2)[..., None].astype(out.dtype)
 
 
 class MultiHeadAttention(nnx.Module):
