@@ -104,20 +104,25 @@ class _InlineTensor:
         return self._array[index]
 
 
+def _kvstore(directory: str) -> dict[str, str]:
+    """A TensorStore key-value store spec for a local or `gs://bucket/...` directory."""
+    if directory.startswith("gs://"):
+        bucket, _, prefix = directory[len("gs://"):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": prefix.rstrip("/") + "/" if prefix else ""}
+    return {"driver": "file", "path": os.path.join(os.path.abspath(directory), "")}
+
+
 class _TensorStoreTensor:
     """A zarr array written by TensorStore; slices are read on demand."""
 
     def __init__(self, spec: dict[str, Any], directory: str):
-        import tensorstore as ts  # ships with orbax-checkpoint
+        import tensorstore as ts
 
-        spec = json.loads(json.dumps(spec))  # a private copy to absolutise
-        kvstore = spec["kvstore"]
-        relative = kvstore.pop("path", None) or spec.pop("path")
-        if directory.startswith("gs://"):
-            bucket, _, prefix = directory[len("gs://"):].partition("/")
-            spec["kvstore"] = {"driver": "gcs", "bucket": bucket, "path": f"{prefix.rstrip('/')}/{relative}"}
-        else:
-            spec["kvstore"] = {"driver": "file", "path": os.path.join(directory, relative)}
+        spec = json.loads(json.dumps(spec))  # a private copy, made absolute below
+        # t5x stores paths relative to the checkpoint directory (older versions at the top level).
+        relative = spec["kvstore"].get("path") or spec.pop("path")
+        kvstore = _kvstore(directory)
+        spec["kvstore"] = {**kvstore, "path": kvstore["path"] + relative}
         self._store = ts.open(spec, open=True, read=True).result()
         self.shape = tuple(self._store.shape)
 
@@ -131,15 +136,15 @@ def _is_ts_spec(x: Any) -> bool:
 
 def open_t5x(directory: str | os.PathLike) -> dict[str, LazyTensor]:
     """Tensors under `target/` of a t5x checkpoint directory, named like `encoder/layers_0/mlp/wo/kernel`."""
-    from etils import epath  # ships with orbax-checkpoint; reads local and gs:// paths alike
+    import tensorstore as ts
     from flax import serialization
 
     directory = str(directory)
-    msgpack = epath.Path(directory) / "checkpoint"
-    if not msgpack.exists():
+    found = ts.KvStore.open(_kvstore(directory)).result().read("checkpoint").result()
+    if found.state != "value":
         raise FileNotFoundError(f"No t5x checkpoint at {directory!r}: expected a 'checkpoint' msgpack file "
                                 "there (give the checkpoint_<step> directory itself).")
-    contents = serialization.msgpack_restore(msgpack.read_bytes())
+    contents = serialization.msgpack_restore(found.value)
     target = contents.get("optimizer", contents).get("target")
     if target is None:
         raise ValueError(f"The t5x checkpoint at {directory!r} has no 'target' parameters.")

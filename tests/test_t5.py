@@ -304,3 +304,9 @@ def test_cache_skips_the_encoder(cfg, safetensors_dir, expected, tmp_path):
     assert other.fingerprint != first.fingerprint
     assert other.cache_key(PROMPTS[0]) != first.cache_key(PROMPTS[0])
     assert first.cache_key(PROMPTS[0]) != TextEncoder(model, ByteTokenizer(), 32, mesh).cache_key(PROMPTS[0])
+
+
+def test_t5x_reads_gcs_paths_through_tensorstore():
+    assert checkpoint._kvstore("gs://t5-data/models/xxl/checkpoint_1000000") == {
+        "driver": "gcs", "bucket": "t5-data", "path": "models/xxl/checkpoint_1000000/"}
+    assert checkpoint._kvstore("/ckpt/xxl")["path"] == "/ckpt/xxl/"
