@@ -18,10 +18,18 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dreamix_jax import checkpoint
-from dreamix_jax.models.t5 import T5Config, T5Encoder, Tokenizer, checkpoint_names, make_tokenizer, tokenize
+from dreamix_jax.models.t5 import (
+    T5Config,
+    T5Encoder,
+    Tokenizer,
+    checkpoint_names,
+    make_tokenizer,
+    tokenize,
+)
 from dreamix_jax.sharding import BATCH_AXES, batch_sharding, create_sharded
 
 log = logging.getLogger(__name__)

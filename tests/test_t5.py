@@ -3,7 +3,6 @@ tokenizers, loading errors and the prompt-embedding cache."""
 
 import io
 import json
-import logging
 
 import jax
 import numpy as np
@@ -11,14 +10,22 @@ import pytest
 import tensorstore as ts
 import torch
 import transformers
+from conftest import apply_unet, make_inputs
 from flax import nnx, serialization
 from jax.sharding import PartitionSpec as P
 
 from configs import t5 as t5_configs
-from conftest import apply_unet, make_inputs
 from dreamix_jax import checkpoint
-from dreamix_jax.models.t5 import (ByteTokenizer, SentencePieceTokenizer, T5Config, T5Encoder, checkpoint_names,
-                                   null_text, relative_position_bucket, tokenize)
+from dreamix_jax.models.t5 import (
+    ByteTokenizer,
+    SentencePieceTokenizer,
+    T5Config,
+    T5Encoder,
+    checkpoint_names,
+    null_text,
+    relative_position_bucket,
+    tokenize,
+)
 from dreamix_jax.sharding import make_mesh
 from dreamix_jax.text import TextEncoder, load_encoder
 
