@@ -50,7 +50,7 @@ def threshold(x_hat: jax.Array, mode: str, percentile: float = 0.995) -> jax.Arr
     raise ValueError(f"Unknown thresholding mode {mode!r}; choose one of {THRESHOLDING_MODES}.")
 
 
-def _per_example_keys(key: jax.Array, batch: int) -> jax.Array:
+def example_keys(key: jax.Array, batch: int) -> jax.Array:
     """A key per example: given (B,) keys are kept, so an example's noise ignores its batch-mates."""
     # Legacy uint32 keys carry a trailing data axis; wrapping them makes ndim count keys alone.
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -66,7 +66,7 @@ def start_from(x: jax.Array, key: jax.Array, t_start: jax.Array, schedule: Sched
     """Noise clean data to per-example time t_start: z = α(t) x + σ(t) ε (SDEdit-style start)."""
     t_start = jnp.broadcast_to(jnp.asarray(t_start, jnp.float32), x.shape[:1])
     alpha, sigma = schedule.alpha_sigma(t_start)
-    eps = _normal_like(_per_example_keys(key, x.shape[0]), x)
+    eps = _normal_like(example_keys(key, x.shape[0]), x)
     return noisy(x.astype(jnp.float32), eps, alpha, sigma).astype(x.dtype)
 
 
@@ -90,7 +90,7 @@ def ddim_sample(
         raise ValueError(f"Unknown thresholding mode {thresholding!r}; choose one of {THRESHOLDING_MODES}.")
     batch = z_start.shape[0]
     t_start = jnp.broadcast_to(jnp.asarray(t_start, jnp.float32), (batch,))
-    keys = _per_example_keys(key, batch)
+    keys = example_keys(key, batch)
 
     def step(k, carry):
         z, _ = carry
