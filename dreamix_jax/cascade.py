@@ -21,8 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dreamix_jax.diffusion import (Schedule, ddim_sample, example_keys, guided_denoiser, noisy, per_example,
-                                   start_from)
+from dreamix_jax.diffusion import (
+    Schedule,
+    ddim_sample,
+    example_keys,
+    guided_denoiser,
+    noisy,
+    per_example,
+    start_from,
+)
 from dreamix_jax.models.t5 import null_text
 from dreamix_jax.models.unet3d import UNet3DConfig
 

@@ -1,0 +1,208 @@
+"""The cascade: tiny end-to-end sampling, resizing, degrade, chunking, conditioning augmentation, configs."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import cascade as cascade_configs
+from dreamix_jax import cascade
+from dreamix_jax.diffusion import Schedule
+from dreamix_jax.models.unet3d import UNet3D
+
+BATCH, TEXT_LEN = 2, 8
+
+
+def smooth_video(batch: int, frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Low-frequency sinusoids in time and space, in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t, y, x = np.meshgrid(np.linspace(0, 1, frames), np.linspace(0, 1, height), np.linspace(0, 1, width),
+                          indexing="ij")
+    phases = rng.uniform(0, 2 * np.pi, (batch, 3, 3))
+    video = np.stack([np.stack([np.sin(2 * t + p[c, 0]) * np.cos(1.5 * y + p[c, 1]) * np.sin(x + p[c, 2])
+                                for c in range(3)], -1) for p in phases])
+    return video.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Stages of `configs/cascade.py:tiny` with 2 sampling steps each, and their initialised U-Nets."""
+    stages = tuple(dataclasses.replace(s, steps=2) for s in cascade.stages_from_config(cascade_configs.get_config("tiny")))
+    models = []
+    for i, stage in enumerate(stages):
+        graphdef = nnx.split(nnx.eval_shape(lambda stage=stage: UNet3D(stage.unet, rngs=nnx.Rngs(0))))[0]
+        state = jax.jit(lambda stage=stage, i=i: nnx.split(UNet3D(stage.unet, rngs=nnx.Rngs(i)))[1])()
+        models.append(nnx.merge(graphdef, state))
+    return stages, models
+
+
+@pytest.fixture(scope="module")
+def text(tiny):
+    stages, _ = tiny
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(BATCH, TEXT_LEN, stages[0].unet.text_dim)).astype(np.float32)
+    mask = np.arange(TEXT_LEN)[None] < np.array([[5], [8]])
+    return jnp.asarray(emb), jnp.asarray(mask)
+
+
+@pytest.fixture(scope="module")
+def edited(tiny, text):
+    """The tiny cascade run as an edit: the base stage starts from a degraded video at s = (1, 0.5)."""
+    stages, models = tiny
+    source = jnp.asarray(smooth_video(BATCH, 20, 40, 60))
+    start = cascade.degrade(source, stages[0])
+    return cascade.sample_cascade(models, stages, *text, jax.random.key(0), x_start=start,
+                                  s=jnp.array([1.0, 0.5]))
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_tiny_cascade_shapes_and_fps(tiny, edited):
+    stages, _ = tiny
+    assert [s.kind for s in stages] == ["base", "tsr", "ssr", "ssr"]
+    assert [(s.frames, s.height, s.width, s.fps) for s in stages] == [
+        (8, 16, 16, 4), (16, 16, 16, 8), (16, 32, 32, 8), (16, 64, 64, 8)]
+    for stage, video in zip(stages, edited, strict=True):
+        assert video.shape == (BATCH, *stage.shape, 3) and video.dtype == jnp.float32
+        assert bool(jnp.isfinite(video).all()) and float(jnp.abs(video).max()) <= 1.0 + 1e-6
+    assert [s.name for s in stages if s.finetune] == ["base", "ssr1", "ssr2"]
+
+
+def test_stage_sampling_is_deterministic_and_seeded(tiny, text, edited):
+    stages, models = tiny
+    previous = edited[2]
+    again = cascade.sample_stage(models[3], stages[3], *text, jax.random.key(5), previous=previous)
+    same = cascade.sample_stage(models[3], stages[3], *text, jax.random.key(5), previous=previous)
+    other = cascade.sample_stage(models[3], stages[3], *text, jax.random.key(6), previous=previous)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(same))
+    assert float(jnp.abs(again - other).max()) > 1e-3
+    # The two chunks get their own noise: their outputs are not copies of each other.
+    assert float(jnp.abs(again[:, :8] - again[:, 8:]).max()) > 1e-3
+
+
+def test_chunks_cover_every_frame_once_in_order(tiny, text, monkeypatch):
+    """With a sampler that returns its conditioning chunk, the stitched output is the conditioning."""
+    stages, models = tiny
+    stage = stages[3]
+    calls = []
+
+    def fake_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, **kw):
+        calls.append(cond.shape[1])
+        return cond
+
+    monkeypatch.setattr(cascade, "_sample_chunk", fake_chunk)
+    previous = jnp.asarray(smooth_video(BATCH, stage.in_frames, stage.in_height, stage.in_width))
+    frame_index = jnp.arange(stage.in_frames, dtype=jnp.float32)[None, :, None, None, None] / stage.in_frames
+    previous = previous.at[..., 0].set(jnp.broadcast_to(frame_index[..., 0], previous.shape[:-1]))
+    stage = dataclasses.replace(stage, cond_aug=0.0)
+    out = cascade.sample_stage(models[3], stage, *text, jax.random.key(0), previous=previous)
+    assert calls == [8, 8]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(cascade.upsample_condition(previous, stage)))
+    assert cascade.frame_chunks(128, 32) == [slice(0, 32), slice(32, 64), slice(64, 96), slice(96, 128)]
+    with pytest.raises(ValueError, match="do not tile"):
+        cascade.frame_chunks(16, 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resizing and degrade.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_spatial_round_trip_is_close():
+    video = jnp.asarray(smooth_video(1, 2, 64, 64))
+    for method in cascade.SPATIAL_METHODS:
+        back = cascade.resize_space(cascade.resize_space(video, 32, 32), 64, 64, method)
+        assert float(jnp.abs(back - video).max()) < 0.05, method
+
+
+def test_temporal_round_trip_is_close():
+    video = jnp.asarray(smooth_video(1, 32, 4, 4))
+    down = cascade.resample_time(video, 16, "nearest")
+    np.testing.assert_array_equal(np.asarray(down), np.asarray(video[:, ::2]))  # subsampling
+    np.testing.assert_array_equal(np.asarray(cascade.resample_time(down, 32, "nearest")),
+                                  np.asarray(jnp.repeat(down, 2, axis=1)))  # repetition
+    back = cascade.resample_time(down, 32, "linear")
+    np.testing.assert_array_equal(np.asarray(back[:, ::2]), np.asarray(down))  # original frames kept
+    assert float(jnp.abs(back - video)[:, :-1].max()) < 0.02
+    np.testing.assert_array_equal(np.asarray(back[:, -1]), np.asarray(down[:, -1]))  # held, not extrapolated
+
+
+@pytest.mark.parametrize("shape", [(37, 50, 90), (3, 8, 8), (16, 120, 40), (8, 16, 16)])
+def test_degrade_matches_the_base_stage(tiny, shape):
+    base = tiny[0][0]
+    out = cascade.degrade(jnp.asarray(smooth_video(2, *shape)), base)
+    assert out.shape == (2, base.frames, base.height, base.width, 3) and out.dtype == jnp.float32
+    if shape == (8, 16, 16):  # already the base size: unchanged
+        np.testing.assert_allclose(np.asarray(out), smooth_video(2, *shape), atol=1e-6)
+
+
+def test_degrade_centre_crops_other_aspect_ratios(tiny):
+    base = tiny[0][0]
+    wide = np.zeros((1, 4, 30, 90, 3), np.float32)
+    wide[:, :, :, :30], wide[:, :, :, 30:60], wide[:, :, :, 60:] = -1.0, 0.5, 1.0  # three square panels
+    out = np.asarray(cascade.degrade(jnp.asarray(wide), base))
+    np.testing.assert_allclose(out, 0.5, atol=1e-5)  # only the middle panel survives
+
+
+# ------------------------------------------------------------------------------------------------
+# Conditioning augmentation.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_condition_augmentation_levels():
+    cond = jnp.asarray(smooth_video(2, 4, 8, 8))
+    schedule = Schedule()
+    same, logsnr = cascade.augment_condition(cond, 0.0, jax.random.key(0), schedule)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(cond))
+    np.testing.assert_allclose(np.asarray(logsnr), np.asarray(schedule.logsnr(jnp.zeros(2))))
+    mixed, logsnr = cascade.augment_condition(cond, jnp.array([0.0, 0.5]), jax.random.key(0), schedule)
+    np.testing.assert_array_equal(np.asarray(mixed[0]), np.asarray(cond[0]))
+    alpha, sigma = schedule.alpha_sigma(jnp.float32(0.5))
+    residual = (mixed[1] - alpha * cond[1]) / sigma  # the noise that was added: unit Gaussian
+    assert abs(float(residual.std()) - 1.0) < 0.1 and float(logsnr[1]) == pytest.approx(float(schedule.logsnr(0.5)))
+
+
+def test_training_condition_draws_levels_below_the_maximum(tiny):
+    ssr = tiny[0][2]
+    cond = jnp.asarray(smooth_video(64, 1, 4, 4))
+    _, logsnr = cascade.training_condition(cond, ssr, jax.random.key(1))
+    assert float(logsnr.min()) >= float(Schedule().logsnr(ssr.train_cond_aug)) - 1e-4
+    assert len(np.unique(np.asarray(logsnr))) == 64
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_imagen_video_chain():
+    stages = cascade.stages_from_config(cascade_configs.get_config("imagen_video"))
+    assert [s.kind for s in stages] == ["base", "tsr", "ssr", "ssr", "tsr", "tsr", "ssr"]
+    assert (stages[0].frames, stages[0].height, stages[0].width, stages[0].fps) == (16, 24, 40, 3)
+    assert (stages[-1].frames, stages[-1].height, stages[-1].width, stages[-1].fps) == (128, 768, 1280, 24)
+    assert [s.name for s in stages if s.finetune] == ["base", "ssr1", "ssr2"]
+    assert stages[0].unet.temporal_attention_levels and not any(s.unet.temporal_attention_levels for s in stages[1:])
+    assert stages[-1].unet.attention_levels == () and stages[-1].chunk == 32
+
+
+def test_cascade_errors_name_the_stage():
+    config = cascade_configs.get_config("tiny")
+    config.stages.ssr1.in_height = 8
+    with pytest.raises(ValueError, match="Stage 'ssr1' expects input 16×8×16"):
+        cascade.stages_from_config(config)
+    config = cascade_configs.get_config("tiny")
+    config.stages.ssr2.chunk = 5
+    with pytest.raises(ValueError, match="Stage 'ssr2' samples in chunks of 5"):
+        cascade.stages_from_config(config)
+    config = cascade_configs.get_config("tiny")
+    config.stage_order = ("tsr", "base")
+    with pytest.raises(ValueError, match="starts with one stage of kind 'base'"):
+        cascade.stages_from_config(config)
+    with pytest.raises(ValueError, match="Unknown cascade variant"):
+        cascade_configs.get_config("huge")
