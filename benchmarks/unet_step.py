@@ -59,7 +59,7 @@ def compile_step(config, unet_cfg: UNet3DConfig, mesh):
     params, rest = nnx.split_state(abstract_state, nnx.Param, ...)
     optimizer = optax.adamw(1e-4)
     opt_state = jax.eval_shape(optimizer.init, params)  # XLA places it like the params
-    step = jax.jit(make_train_step(graphdef, optimizer, frames_independent=False), donate_argnums=(0, 1))
+    step = jax.jit(make_train_step(graphdef, optimizer, paths=("video",)), donate_argnums=(0, 1))
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     with jax.set_mesh(mesh):
         lowered = step.lower(params, opt_state, rest, abstract_inputs(config, mesh), key)

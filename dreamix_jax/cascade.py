@@ -218,11 +218,11 @@ def augment_condition(cond: jax.Array, level: jax.Array | float, key: jax.Array,
     return jnp.where(per_example(level > 0, noised), noised, cond.astype(jnp.float32)), schedule.logsnr(level)
 
 
-def training_condition(cond: jax.Array, stage: Stage, key: jax.Array,
+def training_condition(cond: jax.Array, max_level: float, key: jax.Array,
                        schedule: Schedule = Schedule()) -> tuple[jax.Array, jax.Array]:
-    """Training-time augmentation: a level drawn per example from U(0, stage.train_cond_aug)."""
+    """Training-time augmentation: a level drawn per example from U(0, max_level) (a stage's `train_cond_aug`)."""
     level_key, noise_key = jax.random.split(key)
-    level = jax.random.uniform(level_key, cond.shape[:1], maxval=stage.train_cond_aug)
+    level = jax.random.uniform(level_key, cond.shape[:1], maxval=max_level)
     return augment_condition(cond, level, noise_key, schedule)
 
 

@@ -1,19 +1,26 @@
-"""The denoising objective of one U-Net and its Optax step, in functional (split/merge) form.
+"""The denoising objective of one cascade stage and its Optax step, in functional (split/merge) form.
 
-`frames_independent` is static: the video path and the frames path are separate programs.
-The training loop and the benchmarks build on these two functions.
+Dreamix's mixed objective is `L = w_video · L_video + α · L_frames`. `L_video` is the v-loss on
+whole clips; `L_frames` is the same loss with `frames_independent=True` (identity temporal mask,
+no temporal convolutions), so the clip is a set of unordered images. Which paths exist is static
+(`paths`: a weight fixed at 0 skips its program); the weights themselves are traced, so a sweep
+over α never recompiles. SR stages also read a low-resolution `cond` video, noised here by
+training-time conditioning augmentation.
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dreamix_jax.cascade import training_condition
 from dreamix_jax.diffusion import Schedule, v_loss
 
-Batch = dict[str, jax.Array]  # video (B,T,H,W,C), text (B,L,D), text_mask (B,L)
+Batch = dict[str, jax.Array]  # video (B,T,H,W,C), text (B,L,D), text_mask (B,L); SR stages: cond (B,T,H,W,C)
+PATHS = ("video", "frames")
 
 
 def unet_loss(
@@ -25,31 +32,71 @@ def unet_loss(
     *,
     frames_independent: bool,
     schedule: Schedule = Schedule(),
+    cond_aug_max: float = 0.0,
 ) -> jax.Array:
-    """Mean v-prediction loss of the U-Net on a batch; time, noise and dropout drawn from `key`."""
+    """Mean v-prediction loss of the U-Net on a batch; time, noise, augmentation and dropout drawn from `key`."""
     # Fresh variable objects for this trace: `rest` (RNG state) arrives closed over by grad.
     model = nnx.merge(graphdef, params, jax.tree.map(lambda a: a, rest))
-    noise_key, dropout_key = jax.random.split(key)
+    noise_key, dropout_key, aug_key = jax.random.split(key, 3)
     nnx.reseed(model, dropout=dropout_key)  # no RNG state to thread through the step
+    cond = cond_logsnr = None
+    if "cond" in batch:
+        cond, cond_logsnr = training_condition(batch["cond"], cond_aug_max, aug_key, schedule)
 
     def denoise(z, logsnr):
-        return model(z, logsnr, batch["text"], batch["text_mask"], frames_independent=frames_independent)
+        return model(z, logsnr, batch["text"], batch["text_mask"], cond=cond, cond_logsnr=cond_logsnr,
+                     frames_independent=frames_independent)
 
     return v_loss(denoise, batch["video"], noise_key, schedule).mean()
+
+
+def dreamix_loss(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    rest: nnx.State,
+    batch: Batch,
+    key: jax.Array,
+    weights: jax.Array,
+    *,
+    paths: Sequence[str],
+    schedule: Schedule = Schedule(),
+    cond_aug_max: float = 0.0,
+) -> jax.Array:
+    """`w_video · L_video + α · L_frames` with `weights = (w_video, α)`; only the static `paths` run.
+
+    The video path draws from `key` itself (so it equals `unet_loss` with that key), the frames
+    path from `fold_in(key, 1)`.
+    """
+    unknown = set(paths) - set(PATHS)
+    if unknown or not paths:
+        raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {tuple(paths)}.")
+    loss_fn = functools.partial(unet_loss, graphdef, params, rest, batch, schedule=schedule, cond_aug_max=cond_aug_max)
+    loss = jnp.float32(0.0)
+    if "video" in paths:
+        loss += weights[0] * loss_fn(key, frames_independent=False)
+    if "frames" in paths:
+        loss += weights[1] * loss_fn(jax.random.fold_in(key, 1), frames_independent=True)
+    return loss
 
 
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     *,
-    frames_independent: bool,
+    paths: Sequence[str] = ("video",),
     schedule: Schedule = Schedule(),
+    cond_aug_max: float = 0.0,
 ) -> Callable:
-    """`step(params, opt_state, rest, batch, key) -> (params, opt_state, loss, grad_norm)`, not yet jitted."""
-    loss_fn = functools.partial(unet_loss, graphdef, frames_independent=frames_independent, schedule=schedule)
+    """`step(params, opt_state, rest, batch, key, weights=None) -> (params, opt_state, loss, grad_norm)`, not jitted.
 
-    def step(params, opt_state, rest, batch, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch, key)
+    `weights` is (w_video, α), traced; None means (1, 1).
+    """
+    loss_fn = functools.partial(dreamix_loss, graphdef, paths=tuple(paths), schedule=schedule,
+                                cond_aug_max=cond_aug_max)
+
+    def step(params, opt_state, rest, batch, key, weights=None):
+        weights = jnp.ones(2, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+        loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch, key, weights)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, loss, optax.tree.norm(grads)

@@ -171,7 +171,7 @@ def test_condition_augmentation_levels():
 def test_training_condition_draws_levels_below_the_maximum(tiny):
     ssr = tiny[0][2]
     cond = jnp.asarray(smooth_video(64, 1, 4, 4))
-    _, logsnr = cascade.training_condition(cond, ssr, jax.random.key(1))
+    _, logsnr = cascade.training_condition(cond, ssr.train_cond_aug, jax.random.key(1))
     assert float(logsnr.min()) >= float(Schedule().logsnr(ssr.train_cond_aug)) - 1e-4
     assert len(np.unique(np.asarray(logsnr))) == 64
 

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import make_inputs
 from flax import nnx
 
-from conftest import make_inputs
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig
-from dreamix_jax.objective import make_train_step, unet_loss
+from dreamix_jax.objective import dreamix_loss, make_train_step, unet_loss
 
 
 @pytest.mark.parametrize("frames_independent", [False, True])
@@ -26,8 +26,8 @@ def test_adamw_lowers_the_v_loss(tiny_config, tiny_model, frames_independent):
     x = jax.numpy.asarray(0.8 * x, np.float32)
     batch = dict(video=x, text=text, text_mask=mask)
     optimizer = optax.adamw(3e-3)
-    step = jax.jit(make_train_step(graphdef, optimizer, frames_independent=frames_independent),
-                   donate_argnums=(0, 1))
+    paths = ("frames",) if frames_independent else ("video",)
+    step = jax.jit(make_train_step(graphdef, optimizer, paths=paths), donate_argnums=(0, 1))
     # A fixed set of (time, noise) draws to measure the loss before and after.
     eval_keys = jax.random.split(jax.random.key(123), 8)
     evaluate = jax.jit(jax.vmap(
@@ -63,7 +63,25 @@ def test_dropout_follows_the_step_key(tiny_config):
     assert abs(same[0] - float(loss(eval_graphdef, params, rest, batch, key))) > 1e-4  # dropout acts
     # The train step (gradients through rematerialised blocks) sees the same masks for the same key.
     optimizer = optax.sgd(0.0)
-    step = jax.jit(make_train_step(graphdef, optimizer, frames_independent=False))
+    step = jax.jit(make_train_step(graphdef, optimizer, paths=("video",)))
     _, _, step_loss, grad_norm = step(params, optimizer.init(params), rest, batch, key)
     np.testing.assert_allclose(float(step_loss), same[0], rtol=1e-5)
     assert np.isfinite(float(grad_norm))
+
+
+def test_mixed_objective_is_the_weighted_sum_and_alpha_is_traced(tiny_config, perturbed_model):
+    graphdef, state = perturbed_model
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    x, _, text, mask = make_inputs(tiny_config, batch=2)
+    batch = dict(video=x, text=text, text_mask=mask)
+    key = jax.random.key(7)
+    single = jax.jit(unet_loss, static_argnums=0, static_argnames="frames_independent")
+    video = float(single(graphdef, params, rest, batch, key, frames_independent=False))
+    frames = float(single(graphdef, params, rest, batch, jax.random.fold_in(key, 1), frames_independent=True))
+    mixed = jax.jit(functools.partial(dreamix_loss, paths=("video", "frames")), static_argnums=0)
+    for weights in ([1.0, 0.5], [2.0, 3.0]):
+        np.testing.assert_allclose(float(mixed(graphdef, params, rest, batch, key, np.float32(weights))),
+                                   weights[0] * video + weights[1] * frames, rtol=1e-5)
+    assert mixed._cache_size() == 1  # a sweep over (w_video, α) reuses one program
+    with pytest.raises(ValueError, match="paths must be a non-empty subset"):
+        dreamix_loss(graphdef, params, rest, batch, key, np.ones(2), paths=("audio",))
