@@ -50,9 +50,7 @@ def tpu_devices(topology: str):
 
 def compile_forward(cfg: T5Config, mesh) -> tuple[dict, float]:
     """AOT-compile the sharded forward from abstract shapes; per-device memory (bytes) and seconds."""
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0))))
-    shardings = sharding.state_shardings(abstract, mesh)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    graphdef, abstract = sharding.abstract_sharded(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)), mesh)
     batch = sharding.batch_sharding(mesh, 2)
     ids = jax.ShapeDtypeStruct((BATCH, LENGTH), jnp.int32, sharding=batch)
     mask = jax.ShapeDtypeStruct((BATCH, LENGTH), jnp.bool_, sharding=batch)

@@ -52,10 +52,7 @@ def abstract_inputs(config, mesh):
 def compile_step(config, unet_cfg: UNet3DConfig, mesh):
     """Lower and compile the sharded train step from abstract shapes; returns (compiled, seconds, params)."""
     model_fn = lambda: UNet3D(unet_cfg, rngs=nnx.Rngs(0))  # noqa: E731
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(model_fn))
-    shardings = sharding.state_shardings(abstract_state, mesh)
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, shardings)
+    graphdef, abstract_state = sharding.abstract_sharded(model_fn, mesh)
     params, rest = nnx.split_state(abstract_state, nnx.Param, ...)
     optimizer = optax.adamw(1e-4)
     opt_state = jax.eval_shape(optimizer.init, params)  # XLA places it like the params

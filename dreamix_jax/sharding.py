@@ -131,6 +131,15 @@ def state_shardings(state: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def abstract_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh,
+                     rules=LOGICAL_AXIS_RULES) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and abstract state (shapes, dtypes, target shardings) of a model, nothing allocated: for AOT compiles."""
+    graphdef, state = nnx.split(nnx.eval_shape(model_fn))
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
+                         state_shardings(state, mesh, rules))
+    return graphdef, state
+
+
 def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.Module:
     """Build a model directly in its sharded layout: abstract shapes → shardings → jitted init."""
     graphdef, abstract_state = nnx.split(nnx.eval_shape(model_fn))
