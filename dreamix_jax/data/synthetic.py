@@ -1,0 +1,115 @@
+"""Synthetic text–video data: one textured shape moving over a plain background.
+
+Every example is rendered deterministically from its seed. The caption names the colour, shape,
+motion and background; the size, the start position (the track) and the texture on the shape
+are not in the caption, so an edit that changes the caption's attributes must preserve them
+(fidelity). Some (colour, shape) pairs never appear in training, to test compositional edits.
+
+Videos are float32 (T, H, W, 3) in [-1, 1].
+"""
+
+import dataclasses
+
+import numpy as np
+
+COLORS = {
+    "red": (0.90, 0.12, 0.10),
+    "green": (0.10, 0.75, 0.20),
+    "blue": (0.15, 0.30, 0.95),
+    "yellow": (0.95, 0.85, 0.10),
+    "purple": (0.60, 0.15, 0.75),
+}
+BACKGROUNDS = {
+    "gray": (0.50, 0.50, 0.50),
+    "white": (0.95, 0.95, 0.95),
+    "black": (0.05, 0.05, 0.05),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down", "still")
+SIZES = {"small": 0.15, "large": 0.23}  # half-extent as a fraction of the frame height
+HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})  # (colour, shape)
+TRAVEL = 0.4  # fraction of the frame crossed over a clip
+TEXTURE_DEPTH = 0.18  # brightness modulation of the stripes on the shape
+
+_VELOCITY = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Attributes:
+    """Everything that determines a clip: captioned attributes, then the uncaptioned ones."""
+
+    color: str
+    shape: str
+    direction: str
+    background: str
+    size: str
+    start: tuple[float, float]  # (x, y) of the shape's centre in the first frame, fractions of width/height
+    texture: tuple[float, float, float]  # stripe angle (radians), frequency (cycles per size), phase
+
+    @property
+    def held_out(self) -> bool:
+        return (self.color, self.shape) in HELD_OUT
+
+    def caption(self, video: bool = True) -> str:
+        """'a red circle moving left on a gray background' (images and still clips say no motion)."""
+        if not video:
+            return f"a {self.color} {self.shape} on a {self.background} background"
+        motion = "standing still" if self.direction == "still" else f"moving {self.direction}"
+        return f"a {self.color} {self.shape} {motion} on a {self.background} background"
+
+    def track(self, frames: int) -> np.ndarray:
+        """Centre (x, y) in every frame, (T, 2), fractions of width/height."""
+        step = np.array(_VELOCITY[self.direction], np.float64) * TRAVEL / max(frames - 1, 1)
+        return np.asarray(self.start) + np.arange(frames)[:, None] * step
+
+
+def sample_attributes(seed: int, *, held_out: bool | None = False) -> Attributes:
+    """Attributes drawn from `seed`: held_out=False avoids the held-out pairs, True draws only them, None either."""
+    rng = np.random.default_rng(seed)
+    while True:
+        color, shape = str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))
+        if held_out is None or ((color, shape) in HELD_OUT) == held_out:
+            break
+    direction, background = str(rng.choice(DIRECTIONS)), str(rng.choice(list(BACKGROUNDS)))
+    size = str(rng.choice(list(SIZES)))
+    # Keep the whole track inside the frame, with a margin of the shape's size.
+    margin = SIZES[size] + 0.04
+    dx, dy = _VELOCITY[direction]
+    lo = [margin + (TRAVEL if d < 0 else 0.0) for d in (dx, dy)]
+    hi = [1.0 - margin - (TRAVEL if d > 0 else 0.0) for d in (dx, dy)]
+    start = tuple(float(rng.uniform(a, b)) for a, b in zip(lo, hi, strict=True))
+    texture = (float(rng.uniform(0, np.pi)), float(rng.uniform(1.0, 2.5)), float(rng.uniform(0, 2 * np.pi)))
+    return Attributes(color, shape, direction, background, size, start, texture)
+
+
+def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:
+    """Distance to the shape's edge (negative inside), for offsets (x, y) from its centre."""
+    if shape == "circle":
+        return np.hypot(x, y) - r
+    if shape == "square":
+        return np.maximum(np.abs(x), np.abs(y)) - 0.85 * r
+    if shape == "triangle":  # pointing up, centred on its centroid
+        k = np.sqrt(3.0)
+        edges = [y - 0.5 * r, (-k * x - y - r) / 2.0, (k * x - y - r) / 2.0]
+        return np.maximum.reduce(edges)
+    raise ValueError(f"Unknown shape {shape!r}; choose one of {SHAPES}.")
+
+
+def render(attrs: Attributes, frames: int, height: int, width: int) -> np.ndarray:
+    """The clip (frames, height, width, 3) in [-1, 1]; frames=1 gives an image at the start position."""
+    ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    r = SIZES[attrs.size]
+    angle, freq, phase = attrs.texture
+    background = np.asarray(BACKGROUNDS[attrs.background], np.float32)
+    color = np.asarray(COLORS[attrs.color], np.float32)
+    out = np.empty((frames, height, width, 3), np.float32)
+    for t, (cx, cy) in enumerate(attrs.track(frames)):
+        # Offsets in units of frame height, so shapes are not stretched on wide frames.
+        x, y = (gx - cx) * width / height, gy - cy
+        inside = np.clip(0.5 - _signed_distance(attrs.shape, x, y, r) * height, 0.0, 1.0)[..., None]
+        # Stripes move with the shape: texture is part of what an edit must keep.
+        u = (x * np.cos(angle) + y * np.sin(angle)) / r
+        shade = 1.0 + TEXTURE_DEPTH * np.sin(2 * np.pi * freq * u + phase)[..., None]
+        out[t] = inside * np.clip(color * shade, 0.0, 1.0) + (1.0 - inside) * background
+    return out * 2.0 - 1.0

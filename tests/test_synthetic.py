@@ -1,0 +1,68 @@
+"""Synthetic shapes data and the attribute detector."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dreamix_jax import evaluate
+from dreamix_jax.data import synthetic
+
+
+def test_rendering_is_deterministic_per_seed():
+    a, b = synthetic.sample_attributes(3), synthetic.sample_attributes(3)
+    assert a == b
+    np.testing.assert_array_equal(synthetic.render(a, 4, 16, 16), synthetic.render(b, 4, 16, 16))
+    other = synthetic.render(synthetic.sample_attributes(4), 4, 16, 16)
+    assert np.abs(other - synthetic.render(a, 4, 16, 16)).max() > 0.1
+    video = synthetic.render(a, 16, 64, 64)
+    assert video.shape == (16, 64, 64, 3) and video.dtype == np.float32
+    assert video.min() >= -1.0 and video.max() <= 1.0
+
+
+def test_captions_name_only_the_captioned_attributes():
+    a = dataclasses.replace(synthetic.sample_attributes(0), color="red", shape="circle", direction="left",
+                            background="gray")
+    assert a.caption() == "a red circle moving left on a gray background"
+    assert a.caption(video=False) == "a red circle on a gray background"
+    assert dataclasses.replace(a, direction="still").caption() == "a red circle standing still on a gray background"
+    # Size, start and texture change the pixels but not the caption.
+    b = dataclasses.replace(a, size="large", start=(0.5, 0.5), texture=(1.0, 2.0, 0.5))
+    assert a.caption() == b.caption()
+    assert np.abs(synthetic.render(a, 2, 32, 32) - synthetic.render(b, 2, 32, 32)).max() > 0.1
+
+
+def test_held_out_pairs_are_kept_apart():
+    train = [synthetic.sample_attributes(s) for s in range(300)]
+    held = [synthetic.sample_attributes(s, held_out=True) for s in range(30)]
+    assert not any(a.held_out for a in train) and all(a.held_out for a in held)
+    assert {(a.color, a.shape) for a in held} == set(synthetic.HELD_OUT)
+
+
+def test_tracks_stay_inside_the_frame():
+    for seed in range(200):
+        a = synthetic.sample_attributes(seed, held_out=None)
+        track = a.track(16)
+        r = synthetic.SIZES[a.size]
+        assert (track >= r).all() and (track <= 1 - r).all(), a
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 64), (16, 32, 32)])
+def test_detector_reads_rendered_clips(shape):
+    truths = [synthetic.sample_attributes(s, held_out=None) for s in range(200)]
+    detections = [evaluate.detect(synthetic.render(a, *shape)) for a in truths]
+    accuracy = evaluate.attribute_accuracy(detections, truths)
+    assert min(accuracy.values()) >= 0.98, accuracy  # measured: 1.0 at 64², ≥ 0.995 at 32²
+    start_error = max(np.abs(np.subtract(d.start, a.start)).max() for d, a in zip(detections, truths))
+    assert start_error < 0.03
+    assert all(d.coverage == 1.0 for d in detections)
+
+
+def test_detector_on_images_and_empty_clips():
+    a = dataclasses.replace(synthetic.sample_attributes(1), direction="left")
+    image = evaluate.detect(synthetic.render(a, 1, 64, 64))
+    assert image.direction == "still" and image.color == a.color and image.shape == a.shape
+    empty = evaluate.detect(np.full((4, 16, 16, 3), -1.0, np.float32))
+    assert empty.shape == "none" and empty.background == "black" and empty.coverage == 0.0
+    with pytest.raises(ValueError, match=r"Expected a clip \(T, H, W, 3\)"):
+        evaluate.detect(np.zeros((16, 16, 3)))
