@@ -1,0 +1,56 @@
+"""Grain input pipelines: shuffled, sharded per process, batched, with a checkpointable iterator."""
+
+from collections.abc import Sequence
+
+import grain
+import jax
+import numpy as np
+
+from dreamix_jax.models.t5 import Tokenizer, tokenize
+
+
+class Decode(grain.transforms.Map):
+    """uint8 clip → float32 in [-1, 1]; text fields → str; optionally the caption's token ids."""
+
+    def __init__(self, tokenizer: Tokenizer | None = None, max_length: int = 0,
+                 text_fields: Sequence[str] = ("caption", "image_caption")):
+        self.tokenizer, self.max_length, self.text_fields = tokenizer, max_length, tuple(text_fields)
+
+    def map(self, record: dict) -> dict:
+        out = dict(record)
+        out["video"] = np.asarray(record["video"], np.float32) / 127.5 - 1.0
+        for field in self.text_fields:
+            if field in out and isinstance(out[field], bytes):
+                out[field] = out[field].decode("utf-8")
+        if self.tokenizer is not None:
+            ids, mask = tokenize(self.tokenizer, [out["caption"]], self.max_length)
+            out["ids"], out["ids_mask"] = ids[0], mask[0]
+        return out
+
+
+def make_loader(
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    max_length: int = 0,
+) -> grain.DataLoader:
+    """A loader over `source` yielding this process's batches of `batch_size` examples.
+
+    Each process reads only its shard (default: this JAX process of all of them); the order is
+    fixed by `seed`, so a run restarted with the same seed and iterator state sees the same data.
+    """
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if len(source) < shard_count * batch_size:
+        raise ValueError(f"{len(source)} examples cannot fill a batch of {batch_size} on each of "
+                         f"{shard_count} processes; build a larger dataset or lower the batch size.")
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shuffle=True, seed=seed, num_epochs=num_epochs,
+        shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True))
+    operations = [Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0)

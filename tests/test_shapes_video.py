@@ -1,0 +1,65 @@
+"""The `shapes_video` TFDS dataset (ArrayRecord, no TensorFlow) and its grain loader."""
+
+import numpy as np
+import pytest
+
+from dreamix_jax.data import loader, shapes_video, synthetic
+from dreamix_jax.models.t5 import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    shapes_video.build(str(path), "smoke")
+    return str(path)
+
+
+def test_records_are_the_rendered_clips(data_dir):
+    train = shapes_video.source(data_dir, "train", "smoke")
+    assert len(train) == 16
+    for i in range(len(train)):
+        record = train[i]
+        attrs = synthetic.sample_attributes(int(record["seed"]))
+        expected = synthetic.render(attrs, 2, 16, 16)
+        assert np.abs(record["video"] / 127.5 - 1.0 - expected).max() <= 0.5 / 127.5 + 1e-6
+        assert record["caption"].decode() == attrs.caption() and not record["held_out"]
+        assert record["color"].decode() == attrs.color and record["size"].decode() == attrs.size
+    held = shapes_video.source(data_dir, "held_out", "smoke")
+    assert len(held) == 4 and all(held[i]["held_out"] for i in range(len(held)))
+    test_seeds = {int(r["seed"]) for r in (shapes_video.source(data_dir, "test", "smoke")[i] for i in range(4))}
+    assert test_seeds.isdisjoint(int(train[i]["seed"]) for i in range(16))
+
+
+def _seeds(data_dir, **kw):
+    source = shapes_video.source(data_dir, "train", "smoke")
+    return [b["seed"].tolist() for b in loader.make_loader(source, batch_size=2, num_epochs=1, **kw)]
+
+
+def test_loader_shards_per_process_deterministically(data_dir):
+    one = _seeds(data_dir, seed=0, shard_index=0, shard_count=1)
+    assert _seeds(data_dir, seed=0, shard_index=0, shard_count=1) == one  # same seed, same order
+    assert _seeds(data_dir, seed=1, shard_index=0, shard_count=1) != one
+    first = _seeds(data_dir, seed=0, shard_index=0, shard_count=2)
+    second = _seeds(data_dir, seed=0, shard_index=1, shard_count=2)
+    flat = lambda batches: [s for b in batches for s in b]  # noqa: E731
+    assert set(flat(first)).isdisjoint(flat(second))
+    assert sorted(flat(first) + flat(second)) == sorted(flat(one))
+
+
+def test_loader_decodes_tokenizes_and_resumes(data_dir):
+    source = shapes_video.source(data_dir, "train", "smoke")
+    make = lambda: loader.make_loader(source, batch_size=4, seed=3, shard_index=0, shard_count=1,  # noqa: E731
+                                      tokenizer=ByteTokenizer(), max_length=64)
+    it = iter(make())
+    batch = next(it)
+    assert batch["video"].dtype == np.float32 and batch["video"].shape == (4, 2, 16, 16, 3)
+    assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
+    assert batch["ids"].shape == (4, 64) and batch["ids_mask"].sum(1).tolist() == [
+        len(c.encode()) + 1 for c in batch["caption"]]
+    state = it.get_state()
+    expected = [next(it)["seed"].tolist() for _ in range(3)]
+    resumed = iter(make())
+    resumed.set_state(state)
+    assert [next(resumed)["seed"].tolist() for _ in range(3)] == expected
+    with pytest.raises(ValueError, match="cannot fill a batch of 16 on each of 2 processes"):
+        loader.make_loader(source, batch_size=16, seed=0, shard_index=0, shard_count=2)
