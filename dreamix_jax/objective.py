@@ -19,7 +19,9 @@ from flax import nnx
 from dreamix_jax.cascade import training_condition
 from dreamix_jax.diffusion import Schedule, v_loss
 
-Batch = dict[str, jax.Array]  # video (B,T,H,W,C), text (B,L,D), text_mask (B,L); SR stages: cond (B,T,H,W,C)
+# video (B,T,H,W,C), text (B,L,D) or ids (B,L), text_mask (B,L). Optional: cond (B,T,H,W,C) for SR
+# stages, and frames_text / frames_text_mask, the prompt the frames path reads (images: no motion).
+Batch = dict[str, jax.Array]
 PATHS = ("video", "frames")
 
 
@@ -70,13 +72,35 @@ def dreamix_loss(
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
         raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {tuple(paths)}.")
-    loss_fn = functools.partial(unet_loss, graphdef, params, rest, batch, schedule=schedule, cond_aug_max=cond_aug_max)
+    loss_fn = functools.partial(unet_loss, graphdef, params, rest, schedule=schedule, cond_aug_max=cond_aug_max)
     loss = jnp.float32(0.0)
     if "video" in paths:
-        loss += weights[0] * loss_fn(key, frames_independent=False)
+        loss += weights[0] * loss_fn(batch, key, frames_independent=False)
     if "frames" in paths:
-        loss += weights[1] * loss_fn(jax.random.fold_in(key, 1), frames_independent=True)
+        frames_batch = batch
+        if "frames_text" in batch:
+            frames_batch = {**batch, "text": batch["frames_text"], "text_mask": batch["frames_text_mask"]}
+        loss += weights[1] * loss_fn(frames_batch, jax.random.fold_in(key, 1), frames_independent=True)
     return loss
+
+
+def make_optimizer(*, weight_decay: float = 0.0, clip: float = 0.0, b1: float = 0.9,
+                   b2: float = 0.999) -> optax.GradientTransformation:
+    """AdamW (after global-norm clipping when `clip` > 0) whose learning rate is state, set per step."""
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=b1, b2=b2, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip > 0 else adamw
+
+
+def _with_learning_rate(opt_state, learning_rate: jax.Array):
+    """Set the learning rate of every injected-hyperparameter state in `opt_state`."""
+    injected = optax.InjectStatefulHyperparamsState
+
+    def set_lr(s):
+        if isinstance(s, injected):
+            return s._replace(hyperparams={**s.hyperparams, "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
+        return s
+
+    return jax.tree.map(set_lr, opt_state, is_leaf=lambda s: isinstance(s, injected))
 
 
 def make_train_step(
@@ -87,15 +111,19 @@ def make_train_step(
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
 ) -> Callable:
-    """`step(params, opt_state, rest, batch, key, weights=None) -> (params, opt_state, loss, grad_norm)`, not jitted.
+    """`step(params, opt_state, rest, batch, key, weights=None, learning_rate=None)
+    -> (params, opt_state, loss, grad_norm)`, not jitted.
 
-    `weights` is (w_video, α), traced; None means (1, 1).
+    `weights` is (w_video, α), traced; None means (1, 1). `learning_rate` (traced) overrides the
+    rate of an optimizer from `make_optimizer`, so a sweep over it never recompiles.
     """
     loss_fn = functools.partial(dreamix_loss, graphdef, paths=tuple(paths), schedule=schedule,
                                 cond_aug_max=cond_aug_max)
 
-    def step(params, opt_state, rest, batch, key, weights=None):
+    def step(params, opt_state, rest, batch, key, weights=None, learning_rate=None):
         weights = jnp.ones(2, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+        if learning_rate is not None:
+            opt_state = _with_learning_rate(opt_state, learning_rate)
         loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch, key, weights)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

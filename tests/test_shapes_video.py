@@ -54,8 +54,9 @@ def test_loader_decodes_tokenizes_and_resumes(data_dir):
     batch = next(it)
     assert batch["video"].dtype == np.float32 and batch["video"].shape == (4, 2, 16, 16, 3)
     assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
-    assert batch["ids"].shape == (4, 64) and batch["ids_mask"].sum(1).tolist() == [
+    assert batch["caption_ids"].shape == (4, 64) and batch["caption_mask"].sum(1).tolist() == [
         len(c.encode()) + 1 for c in batch["caption"]]
+    assert batch["image_caption_mask"].sum() < batch["caption_mask"].sum()  # no motion words
     state = it.get_state()
     expected = [next(it)["seed"].tolist() for _ in range(3)]
     resumed = iter(make())

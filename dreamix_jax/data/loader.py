@@ -10,7 +10,7 @@ from dreamix_jax.models.t5 import Tokenizer, tokenize
 
 
 class Decode(grain.transforms.Map):
-    """uint8 clip → float32 in [-1, 1]; text fields → str; optionally the caption's token ids."""
+    """uint8 clip → float32 in [-1, 1]; text fields → str and, given a tokenizer, `<field>_ids` / `<field>_mask`."""
 
     def __init__(self, tokenizer: Tokenizer | None = None, max_length: int = 0,
                  text_fields: Sequence[str] = ("caption", "image_caption")):
@@ -23,8 +23,9 @@ class Decode(grain.transforms.Map):
             if field in out and isinstance(out[field], bytes):
                 out[field] = out[field].decode("utf-8")
         if self.tokenizer is not None:
-            ids, mask = tokenize(self.tokenizer, [out["caption"]], self.max_length)
-            out["ids"], out["ids_mask"] = ids[0], mask[0]
+            for field in self.text_fields:
+                ids, mask = tokenize(self.tokenizer, [out[field]], self.max_length)
+                out[f"{field}_ids"], out[f"{field}_mask"] = ids[0], mask[0]
         return out
 
 

@@ -1,0 +1,51 @@
+r"""Pretraining one stage of the tiny cascade on the synthetic `shapes_video` clips.
+
+The base stage trains jointly with the tiny byte-level T5 encoder (no pretrained T5 can be
+fetched here); SR stages read prompts through that encoder, frozen, from the base run's workdir.
+Joint video–image training: the video path sees whole clips with their captions, the frames path
+sees the same frames as independent images with motion-free captions.
+
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:ssr1 --workdir /tmp/shapes/ssr1 \
+      --config.text_encoder_from=/tmp/shapes/base
+"""
+
+import ml_collections
+
+from configs import cascade as cascade_configs
+from configs import common
+
+
+def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
+    """Config for one stage of `configs/cascade.py:tiny`; `arg` names the stage, optionally with `smoke`."""
+    arg = common.parse_arg(arg, variant="base", smoke=False)
+    config = ml_collections.ConfigDict()
+    config.cascade = cascade_configs.get_config("tiny")
+    if arg.variant not in config.cascade.stage_order:
+        raise ValueError(f"Unknown stage {arg.variant!r}; choose one of {tuple(config.cascade.stage_order)}.")
+    config.stage = arg.variant
+
+    config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train")
+    config.batch_size = 4 if arg.smoke else 16  # global
+    config.total_steps = 8 if arg.smoke else 4000
+    # Mixed objective: w_video · L_video + alpha · L_frames (a weight of 0 skips its program).
+    config.w_video = 1.0
+    config.alpha = 0.5
+    config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
+    config.train_text_encoder = arg.variant == "base"
+    config.text_encoder_from = ""  # a base-stage workdir whose encoder an SR stage reads, frozen
+
+    config.lr = 3e-4
+    config.lr_schedule = "cosine"  # or "constant"
+    config.warmup_steps = 2 if arg.smoke else 200
+    config.weight_decay = 0.0
+    config.grad_clip = 1.0
+    config.ema_decay = 0.0 if arg.smoke else 0.999  # 0 keeps no EMA copy
+
+    config.checkpoint_every = 4 if arg.smoke else 500
+    config.keep_checkpoints = 2
+    config.log_every = 1 if arg.smoke else 25
+    config.seed = 0
+    config.mesh = dict(shape=(-1, 1, 1))
+    config.distributed = False
+    return config

@@ -1,0 +1,319 @@
+r"""The training loop: pretraining one cascade stage (and, as a config of it, Dreamix finetuning).
+
+One linear script. A run trains the stage `config.stage` of `config.cascade` on `shapes_video`
+clips with the mixed objective `w_video · L_video + α · L_frames` (both weights and the learning
+rate are traced; a weight of 0 drops its program). SR stages learn from (low-resolution
+condition, target) pairs cut from each clip, with conditioning augmentation. Checkpoints
+(Orbax) hold the weights, optimizer state, data-iterator state and the resolved config; running
+again on the same workdir resumes exactly where the last checkpoint stopped.
+
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
+"""
+
+import json
+import logging
+import pathlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags
+from absl import logging as absl_logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+from dreamix_jax import cascade, objective
+from dreamix_jax.data import loader as loader_lib
+from dreamix_jax.data import shapes_video
+from dreamix_jax.diffusion import Schedule
+from dreamix_jax.models.t5 import T5Config, make_tokenizer
+from dreamix_jax.models.text_to_video import TextToVideo
+from dreamix_jax.sharding import (
+    create_sharded,
+    initialize_distributed,
+    make_mesh,
+    shard_batch,
+)
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces the loop is made of.
+# ------------------------------------------------------------------------------------------------
+
+
+def lr_multiplier(step: jax.Array, warmup: int, total: int, kind: str) -> jax.Array:
+    """Linear warm-up to 1, then constant or cosine decay to 0 at `total`."""
+    step = jnp.asarray(step, jnp.float32)
+    warm = jnp.minimum(1.0, (step + 1.0) / max(warmup, 1))
+    if kind == "constant":
+        return warm
+    if kind != "cosine":
+        raise ValueError(f"Unknown lr_schedule {kind!r}; use 'cosine' or 'constant'.")
+    progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    return warm * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def stage_batch(video: jax.Array, stage: cascade.Stage) -> tuple[jax.Array, jax.Array | None]:
+    """A clip (at any size) → this stage's target and, for SR stages, its upsampled low-res condition."""
+    target = cascade.resize_space(cascade.resample_time(video, stage.frames), stage.height, stage.width)
+    if not stage.is_sr:
+        return target, None
+    return target, cascade.upsample_condition(cascade.downsample_condition(target, stage), stage)
+
+
+def drop_text(mask: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+    """Replace a `rate` share of prompts by the null condition (all-False mask) for guidance."""
+    keep = jax.random.uniform(key, mask.shape[:1]) >= rate
+    return mask & keep[:, None]
+
+
+def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
+    """Which weights the optimizer updates: the U-Net, plus the text encoder when it trains jointly."""
+    if config.train_text_encoder:
+        return nnx.Param
+    return nnx.All(nnx.Param, nnx.PathContains("unet"))
+
+
+class StopRequested:
+    """Set by SIGTERM (or a TPU preemption notice): the loop checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        log.warning("Stop requested: saving a checkpoint, then exiting.")
+        self.requested = True
+
+    def __call__(self, step: int) -> bool:
+        if self.requested:
+            return True
+        if jax.process_count() > 1:  # the preemption notice reaches every host at the same step
+            from jax.experimental import multihost_utils
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return False
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop.
+# ------------------------------------------------------------------------------------------------
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train until `config.total_steps` (resuming from `workdir`); returns the last logged metrics."""
+    # ---- Setup ----------------------------------------------------------------------------------
+    initialize_distributed(config)
+    workdir_path = pathlib.Path(workdir)
+    lead = jax.process_index() == 0
+    mesh = make_mesh(config.mesh.shape)
+    stages = {s.name: s for s in cascade.stages_from_config(config.cascade)}
+    if config.stage not in stages:
+        raise ValueError(f"Unknown stage {config.stage!r}; the cascade has {tuple(stages)}.")
+    stage = stages[config.stage]
+    schedule = Schedule(**config.cascade.schedule)
+    paths = tuple(p for p, w in (("video", config.w_video), ("frames", config.alpha)) if w)
+    if not paths:
+        raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
+    per_process = config.batch_size // jax.process_count()
+    if per_process * jax.process_count() != config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} does not split over {jax.process_count()} processes.")
+
+    # ---- Data -----------------------------------------------------------------------------------
+    text_cfg = config.cascade.text
+    tokenizer = make_tokenizer(text_cfg.tokenizer)
+    data_dir = config.data.data_dir or str(workdir_path.parent / "tfds")
+    source = shapes_video.source(data_dir, config.data.split, config.data.config)
+    data = loader_lib.make_loader(source, batch_size=per_process, seed=config.seed, tokenizer=tokenizer,
+                                  max_length=text_cfg.max_length)
+    data_iter = iter(data)
+
+    # ---- Model and optimizer --------------------------------------------------------------------
+    t5_cfg = T5Config.from_config(text_cfg.model)
+    model = create_sharded(lambda: TextToVideo(stage.unet, t5_cfg, rngs=nnx.Rngs(config.seed)), mesh)
+    if config.text_encoder_from:
+        nnx.update(model.text_encoder, load_text_encoder(config.text_encoder_from, model))
+    graphdef, params, rest = nnx.split(model, trainable(config), ...)
+    optimizer = objective.make_optimizer(weight_decay=config.weight_decay, clip=config.grad_clip)
+    # Adam moments follow their weights' sharding; scalars (step counts) are replicated.
+    opt_state = _on_mesh(jax.jit(optimizer.init)(params), mesh)
+    ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
+    step_fn = objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
+                                        cond_aug_max=stage.train_cond_aug)
+
+    def train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step):
+        video, cond = stage_batch(raw["video"], stage)
+        drop_key, step_key = jax.random.split(key)
+        batch = dict(video=video, text=raw["caption_ids"],
+                     text_mask=drop_text(raw["caption_mask"], drop_key, config.text_dropout),
+                     frames_text=raw["image_caption_ids"],
+                     frames_text_mask=drop_text(raw["image_caption_mask"], drop_key, config.text_dropout))
+        if cond is not None:
+            batch["cond"] = cond
+        lr = peak_lr * lr_multiplier(step, config.warmup_steps, config.total_steps, config.lr_schedule)
+        params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p, ema, params)
+        return params, opt_state, ema, dict(loss=loss, grad_norm=grad_norm, lr=lr)
+
+    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state, ema))
+    jitted = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=(*shardings, None))
+
+    # ---- Checkpoints ----------------------------------------------------------------------------
+    manager = ocp.CheckpointManager(
+        (workdir_path / "checkpoints").absolute(), item_names=("state", "data", "config"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                             enable_async_checkpointing=False))
+    start = 0
+    if manager.latest_step() is not None:
+        start = manager.latest_step()
+        target = dict(params=params, opt_state=opt_state, ema=ema)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+        restored = manager.restore(start, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
+        params, opt_state, ema = (restored["state"][k] for k in ("params", "opt_state", "ema"))
+        log.info("Resumed from step %d of %s.", start, workdir)
+    elif lead:
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    def save(step: int) -> None:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state, ema=ema)),
+            data=grain.checkpoint.CheckpointSave(data_iter), config=ocp.args.JsonSave(config.to_dict())), force=True)
+        manager.wait_until_finished()
+
+    # ---- Loop -----------------------------------------------------------------------------------
+    weights = jnp.asarray([config.w_video, config.alpha], jnp.float32)
+    base_key = jax.random.key(config.seed)
+    stop = StopRequested()
+    metrics: dict[str, Any] = {}
+    progress = _progress(lead, start, config.total_steps)
+    log_file = (workdir_path / "metrics.jsonl").open("a") if lead else None
+    writer = _tensorboard(workdir_path) if lead else None
+    compiled, flops_per_step = None, 0.0
+    tick, ticked = time.perf_counter(), start
+    try:
+        for step in range(start, config.total_steps):
+            raw = next(data_iter)
+            raw = shard_batch({k: raw[k] for k in ("video", "caption_ids", "caption_mask", "image_caption_ids",
+                                                   "image_caption_mask")}, mesh)
+            args = (params, opt_state, ema, rest, raw, jax.random.fold_in(base_key, step), weights,
+                    jnp.float32(config.lr), jnp.int32(step))
+            if compiled is None:  # compiled once, ahead of the first step, to read its FLOPs
+                compiled = jitted.lower(*args).compile()
+                cost = compiled.cost_analysis()
+                cost = cost[0] if isinstance(cost, list) else cost
+                flops_per_step = float(cost.get("flops", 0.0)) * jax.device_count()
+            params, opt_state, ema, out = compiled(*args)
+            loss = float(out["loss"])
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss is {loss} at step {step + 1}; stopping. The last good checkpoint is step "
+                    f"{manager.latest_step()} in {workdir}.")
+            done = step + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if done % config.log_every == 0 or done == config.total_steps:
+                elapsed, steps = time.perf_counter() - tick, done - ticked
+                metrics = dict(step=done, loss=loss, grad_norm=float(out["grad_norm"]), lr=float(out["lr"]),
+                               examples_per_s=steps * config.batch_size / elapsed,
+                               flops_per_s=steps * flops_per_step / elapsed)
+                tick, ticked = time.perf_counter(), done
+                if lead:
+                    log_file.write(json.dumps(metrics) + "\n")
+                    log_file.flush()
+                    for name, value in metrics.items():
+                        writer.add_scalar(name, value, done)
+            if on_step is not None:
+                on_step(done, metrics)
+            stopping = stop(done)
+            if stopping or done % config.checkpoint_every == 0 or done == config.total_steps:
+                save(done)
+            if stopping:
+                log.warning("Stopped at step %d; checkpoint saved in %s.", done, workdir)
+                break
+    finally:
+        stop.restore()
+        progress.close()
+        if lead:
+            log_file.close()
+            writer.close()
+        manager.close()
+    return metrics
+
+
+def load_text_encoder(workdir: str, model: TextToVideo) -> nnx.State:
+    """The text-encoder weights of the latest checkpoint in a base-stage `workdir`, sharded like `model`'s."""
+    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to read the text encoder from; train the "
+                                "base stage there first.")
+    saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+    if "text_encoder" not in saved:
+        raise ValueError(f"The checkpoint in {workdir} did not train a text encoder (train_text_encoder was off).")
+    state = nnx.state(model.text_encoder)
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, saved["text_encoder"]))
+    return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), state, nnx.state(model.text_encoder))
+
+
+def _on_mesh(tree: Any, mesh) -> Any:
+    """Leave arrays already laid out on `mesh`; replicate any other leaf over it."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, tree)
+
+
+def _progress(lead: bool, start: int, total: int):
+    """A progress bar on the lead process (loss, steps/s, ETA); silent elsewhere."""
+    import tqdm
+
+    return tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step", dynamic_ncols=True)
+
+
+def _tensorboard(workdir: pathlib.Path):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(workdir / "tensorboard"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A training config file, e.g. configs/pretrain_shapes.py:base.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the resolved config go.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every file it writes at INFO
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("Give --config and --workdir.")
+    metrics = train(_CONFIG.value, _WORKDIR.value)
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    app.run(main)
