@@ -235,10 +235,13 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "schedule"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "schedule", "guided"))
 def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, *,
-                  num_steps: int, schedule: Schedule) -> jax.Array:
-    """DDIM over one chunk of frames; `cond` is None for the base stage. Compiled once per stage and shape."""
+                  num_steps: int, schedule: Schedule, guided: bool = True) -> jax.Array:
+    """DDIM over one chunk of frames; `cond` is None for the base stage. Compiled once per stage and shape.
+
+    `guided=False` runs the conditional pass alone (weight 1) and ignores `guidance`.
+    """
     model = nnx.merge(graphdef, state)
     null, null_mask = null_text(*text.shape)
 
@@ -246,8 +249,8 @@ def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond
         context, mask = (text, text_mask) if conditional else (null, null_mask)
         return model(z, logsnr, context, mask, cond=cond, cond_logsnr=cond_logsnr)
 
-    return ddim_sample(guided_denoiser(model_fn, guidance), z_start, t_start, keys, num_steps=num_steps, eta=eta,
-                       schedule=schedule)
+    return ddim_sample(guided_denoiser(model_fn, guidance if guided else 1.0), z_start, t_start, keys,
+                       num_steps=num_steps, eta=eta, schedule=schedule)
 
 
 def frame_chunks(frames: int, chunk: int) -> list[slice]:
@@ -299,6 +302,9 @@ def sample_stage(
             raise ValueError(f"Stage {stage.name!r} needs the previous stage's video.")
         cond, cond_logsnr = augment_condition(upsample_condition(previous, stage), stage.cond_aug, aug_keys, schedule)
 
+    # A stage sampled at its own weight of 1 skips the unconditional pass; any given weight is
+    # traced, so a sweep over it shares one program.
+    guided = guidance is not None or stage.guidance != 1.0
     guidance = jnp.asarray(stage.guidance if guidance is None else guidance, jnp.float32)
     graphdef, state = nnx.split(model)
     chunks = frame_chunks(stage.frames, stage.chunk)
@@ -308,7 +314,7 @@ def sample_stage(
         outputs.append(_sample_chunk(
             graphdef, state, z_start[:, frames], t_start, _fold(chunk_keys, i), text, text_mask,
             None if cond is None else cond[:, frames], cond_logsnr, guidance, jnp.float32(stage.eta),
-            num_steps=stage.steps, schedule=schedule))
+            num_steps=stage.steps, schedule=schedule, guided=guided))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 
