@@ -19,6 +19,9 @@ figures differ from a TPU's: see the README).
 
   python benchmarks/cascade_memory.py                       # table + benchmarks/results/cascade_memory.json
   python benchmarks/cascade_memory.py --variant tiny --stages base
+
+Rows already in the JSON file are kept and not compiled again (a TPU compile of a paper-scale
+stage takes 5–20 minutes on a small host); `--fresh` starts over.
 """
 
 import os
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
     parser.add_argument("--programs", default="finetune,sample")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "cascade_memory.json"))
+    parser.add_argument("--fresh", action="store_true", help="measure every row again")
     args = parser.parse_args()
 
     config = cascade_configs.get_config(args.variant)
@@ -156,6 +160,10 @@ def main() -> None:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    if out.exists() and not args.fresh:
+        previous = json.loads(out.read_text())
+        if previous["meta"]["variant"] == args.variant:
+            rows = previous["rows"]
     header = (f"{'program':<9} {'stage':<6} {'target':<26} {'mesh':<7} {'frames':>6} {'peak GiB':>9} "
               f"{'args GiB':>9} {'temp GiB':>9} {'TFLOP/step':>11} {'fits 16G':>8} {'compile s':>9}")
     print(header, flush=True)
@@ -164,8 +172,10 @@ def main() -> None:
         for stage in stages:
             if stage.name not in wanted or (program == "finetune" and not stage.finetune):
                 continue
-            row = measure(program, stage, text_len, text_dim)
-            rows.append(row)
+            done = [r for r in rows if (r["program"], r["stage"]) == (program, stage.name)]
+            row = done[0] if done else measure(program, stage, text_len, text_dim)
+            if not done:
+                rows.append(row)
             print(f"{program:<9} {stage.name:<6} {row['target']:<26} {'x'.join(map(str, row['mesh'])):<7} "
                   f"{row['frames']:>6} {row['peak_gib']:>9.2f} {row['arguments_gib']:>9.2f} {row['temp_gib']:>9.2f} "
                   f"{row['tflop_per_step']:>11.2f} {str(row['fits_v5e']):>8} {row['compile_seconds']:>9.1f}",
