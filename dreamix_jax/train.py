@@ -10,6 +10,7 @@ again on the same workdir resumes exactly where the last checkpoint stopped.
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -148,30 +149,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if config.text_encoder_from:
         nnx.update(model.text_encoder, load_text_encoder(config.text_encoder_from, model))
     graphdef, params, rest = nnx.split(model, trainable(config), ...)
-    optimizer = objective.make_optimizer(weight_decay=config.weight_decay, clip=config.grad_clip)
+    optimizer_settings = (("weight_decay", config.weight_decay), ("clip", config.grad_clip))
+    optimizer = objective.make_optimizer(**dict(optimizer_settings))
     # Adam moments follow their weights' sharding; scalars (step counts) are replicated.
     opt_state = _on_mesh(jax.jit(optimizer.init)(params), mesh)
     ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
-    step_fn = objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
-                                        cond_aug_max=stage.train_cond_aug)
-
-    def train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step):
-        video, cond = stage_batch(raw["video"], stage)
-        drop_key, step_key = jax.random.split(key)
-        batch = dict(video=video, text=raw["caption_ids"],
-                     text_mask=drop_text(raw["caption_mask"], drop_key, config.text_dropout),
-                     frames_text=raw["image_caption_ids"],
-                     frames_text_mask=drop_text(raw["image_caption_mask"], drop_key, config.text_dropout))
-        if cond is not None:
-            batch["cond"] = cond
-        lr = peak_lr * lr_multiplier(step, config.warmup_steps, config.total_steps, config.lr_schedule)
-        params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
-        if ema is not None:
-            ema = jax.tree.map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p, ema, params)
-        return params, opt_state, ema, dict(loss=loss, grad_norm=grad_norm, lr=lr)
-
-    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state, ema))
-    jitted = jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=(*shardings, None))
+    make_step = functools.partial(
+        _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, paths=paths, schedule=schedule,
+        text_dropout=config.text_dropout, warmup=config.warmup_steps, total=config.total_steps,
+        lr_schedule=config.lr_schedule, ema_decay=config.ema_decay)
+    out_shardings = (*jax.tree.map(lambda x: x.sharding, (params, opt_state, ema)), None)
 
     # ---- Checkpoints ----------------------------------------------------------------------------
     manager = ocp.CheckpointManager(
@@ -214,11 +201,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                                    "image_caption_mask")}, mesh)
             args = (params, opt_state, ema, rest, raw, jax.random.fold_in(base_key, step), weights,
                     jnp.float32(config.lr), jnp.int32(step))
-            if compiled is None:  # compiled once, ahead of the first step, to read its FLOPs
-                compiled = jitted.lower(*args).compile()
-                cost = compiled.cost_analysis()
-                cost = cost[0] if isinstance(cost, list) else cost
-                flops_per_step = float(cost.get("flops", 0.0)) * jax.device_count()
+            if compiled is None:
+                compiled, flops_per_step = _compiled(make_step, out_shardings, args)
             params, opt_state, ema, out = compiled(*args)
             loss = float(out["loss"])
             if not np.isfinite(loss):
@@ -255,6 +239,46 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             writer.close()
         manager.close()
     return metrics
+
+
+def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
+                paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay):
+    """One optimisation step on a raw batch (clips at any size and tokenised captions)."""
+    video, cond = stage_batch(raw["video"], stage)
+    drop_key, step_key = jax.random.split(key)
+    batch = dict(video=video, text=raw["caption_ids"], text_mask=drop_text(raw["caption_mask"], drop_key, text_dropout),
+                 frames_text=raw["image_caption_ids"],
+                 frames_text_mask=drop_text(raw["image_caption_mask"], drop_key, text_dropout))
+    if cond is not None:
+        batch["cond"] = cond
+    optimizer = objective.make_optimizer(**dict(optimizer_settings))
+    step_fn = objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
+                                        cond_aug_max=stage.train_cond_aug)
+    lr = peak_lr * lr_multiplier(step, warmup, total, lr_schedule)
+    params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
+    if ema is not None:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    return params, opt_state, ema, dict(loss=loss, grad_norm=grad_norm, lr=lr)
+
+
+# Compiled steps by (static settings, argument signature): runs in one process with the same
+# stage and shapes (a sweep's trials, a resumed run) reuse one executable.
+_COMPILED: dict = {}
+
+
+def _compiled(make_step: functools.partial, out_shardings, args) -> tuple[Any, float]:
+    """The step compiled ahead of time for `args`, and its FLOPs (all devices)."""
+    signature = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+    statics = tuple(sorted(make_step.keywords.items()))
+    key = (statics, jax.tree.structure(signature),
+           tuple(jax.tree.leaves(signature)), jax.tree.structure(out_shardings), tuple(jax.tree.leaves(out_shardings)))
+    if key not in _COMPILED:
+        jitted = jax.jit(make_step, donate_argnums=(0, 1, 2), out_shardings=out_shardings)
+        compiled = jitted.lower(*args).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        _COMPILED[key] = compiled, float(cost.get("flops", 0.0)) * jax.device_count()
+    return _COMPILED[key]
 
 
 def load_text_encoder(workdir: str, model: TextToVideo) -> nnx.State:
