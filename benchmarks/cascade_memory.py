@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import cascade as cascade_configs  # noqa: E402
+from results_io import write_json  # noqa: E402
 from dreamix_jax import sharding  # noqa: E402
 from dreamix_jax.cascade import stages_from_config  # noqa: E402
 from dreamix_jax.diffusion import guided_denoiser  # noqa: E402
@@ -181,10 +182,7 @@ def main() -> None:
                   f"{row['tflop_per_step']:>11.2f} {str(row['fits_v5e']):>8} {row['compile_seconds']:>9.1f}",
                   flush=True)
             # Written after every row: a long run that is stopped keeps what it measured.
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(meta=dict(variant=args.variant, jax=jax.__version__, plans=PLANS),
-                                           rows=rows), indent=2))
-            tmp.replace(out)
+            write_json(out, dict(meta=dict(variant=args.variant, jax=jax.__version__, plans=PLANS), rows=rows))
     print(f"wrote {out}")
 
 

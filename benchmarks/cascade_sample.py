@@ -9,7 +9,6 @@ sampler (one program per stage: chunks of a stage reuse it) and writes JSON.
 """
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -21,6 +20,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import cascade as cascade_configs  # noqa: E402
+from results_io import write_json  # noqa: E402
 from dreamix_jax import cascade  # noqa: E402
 from dreamix_jax.models.unet3d import UNet3D  # noqa: E402
 
@@ -66,13 +66,9 @@ def main() -> None:
     print(f"whole cascade: median {total:.2f} s over {args.repeats} runs (first run, compiling: "
           f"{compile_seconds:.1f} s); chunk-sampler programs compiled: {programs}")
 
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(meta=dict(jax=jax.__version__, devices=str(jax.devices()), batch=1),
-                                   rows=rows, total_median_seconds=total, first_run_seconds=compile_seconds,
-                                   compiled_programs=programs), indent=2))
-    tmp.replace(out)
+    out = write_json(args.out, dict(meta=dict(jax=jax.__version__, devices=str(jax.devices()), batch=1),
+                                    rows=rows, total_median_seconds=total, first_run_seconds=compile_seconds,
+                                    compiled_programs=programs))
     print(f"wrote {out}")
 
 

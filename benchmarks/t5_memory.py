@@ -18,7 +18,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -30,6 +29,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import t5 as t5_configs  # noqa: E402
+from results_io import write_json  # noqa: E402
 from dreamix_jax import sharding  # noqa: E402
 from dreamix_jax.models.t5 import T5Config, T5Encoder  # noqa: E402
 
@@ -106,13 +106,8 @@ def main() -> None:
                   f"{memory['arguments'] / GIB:>9.3f} {memory['temp'] / GIB:>9.3f} {memory['outputs'] / GIB:>8.3f} "
                   f"{memory['peak'] / GIB:>9.3f} {seconds:>10.1f}", flush=True)
 
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(variant=args.variant, jax=jax.__version__, batch=BATCH, length=LENGTH)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, dict(meta=meta, rows=rows))}")
 
 
 if __name__ == "__main__":

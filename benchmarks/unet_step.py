@@ -18,7 +18,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -31,6 +30,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import unet as unet_configs  # noqa: E402
+from results_io import write_json  # noqa: E402
 from dreamix_jax import sharding  # noqa: E402
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig, param_count  # noqa: E402
 from dreamix_jax.objective import make_train_step  # noqa: E402
@@ -128,14 +128,9 @@ def main() -> None:
               f"{row['compile_s']:>9.1f} {step:>7} {row['peak_gib_per_device']:>12.3f} "
               f"{row['temp_gib_per_device']:>12.3f}", flush=True)
 
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(backend=jax.default_backend(), devices=jax.device_count(), jax=jax.__version__,
                 cpu_count=os.cpu_count())
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, dict(meta=meta, rows=rows))}")
 
 
 if __name__ == "__main__":

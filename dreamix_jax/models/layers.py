@@ -21,6 +21,13 @@ def logical(init: Initializer, *names: str | None) -> Initializer:
     return nnx.with_partitioning(init, names)
 
 
+def require_dropout_stream(rate: float, rngs: nnx.Rngs, what: str) -> None:
+    """Dropout draws from a 'dropout' stream (reseeded by the train step): stop early when it is missing."""
+    if rate and "dropout" not in rngs:
+        raise ValueError(f"A {what} with dropout needs a 'dropout' RNG stream: build it with "
+                         "nnx.Rngs(params=seed, dropout=seed).")
+
+
 def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
     """Sinusoidal features of a per-example scalar (B,) -> (B, dim)."""
     half = dim // 2

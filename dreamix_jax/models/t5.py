@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from dreamix_jax.models.attention import attention
-from dreamix_jax.models.layers import logical
+from dreamix_jax.models.layers import logical, require_dropout_stream
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ class T5Encoder(nnx.Module):
     """Token ids (B, L) and their mask → float32 embeddings (B, L, d_model)."""
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        if cfg.dropout and "dropout" not in rngs:
-            raise ValueError("A T5 encoder with dropout needs a 'dropout' RNG stream: build it with "
-                             "nnx.Rngs(params=seed, dropout=seed).")
+        require_dropout_stream(cfg.dropout, rngs, "T5 encoder")
         self.cfg = cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.token_embedding = nnx.Embed(

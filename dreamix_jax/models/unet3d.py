@@ -21,7 +21,8 @@ from flax import nnx
 
 from dreamix_jax.models.attention import MultiHeadAttention
 from dreamix_jax.models.layers import (ResBlock, TemporalConv, Downsample, Upsample, conv, dense,
-                                       frame_group_norm, logical, sinusoidal_embedding)
+                                       frame_group_norm, logical, require_dropout_stream,
+                                       sinusoidal_embedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +148,7 @@ class UNet3D(nnx.Module):
     """Predicts v for a noisy video given its log-SNR, the text and (SR stages) a low-res video."""
 
     def __init__(self, cfg: UNet3DConfig, *, rngs: nnx.Rngs):
-        if cfg.dropout and "dropout" not in rngs:
-            raise ValueError("A U-Net with dropout needs a 'dropout' RNG stream: build it with "
-                             "nnx.Rngs(params=seed, dropout=seed).")
+        require_dropout_stream(cfg.dropout, rngs, "U-Net")
         self.cfg = cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
