@@ -33,6 +33,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -132,15 +133,23 @@ def measure(program: str, stage, text_len: int, text_dim: int) -> dict:
     devices, label = target_devices(topology, chips)
     mesh = sharding.make_mesh(mesh_shape, devices[:chips])
     start = time.perf_counter()
-    compiled = (compile_finetune if program == "finetune" else compile_sample)(stage, mesh, text_len, text_dim)
+    row = dict(program=program, stage=stage.name, target=label, chips=chips, mesh=list(mesh_shape),
+               frames=stage.chunk or stage.frames if program == "sample" else stage.frames)
+    try:
+        compiled = (compile_finetune if program == "finetune" else compile_sample)(stage, mesh, text_len, text_dim)
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler refuses a program that cannot fit; it says how much it would need.
+        needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or needed is None:
+            raise
+        return {**row, "peak_gib": None, "temp_gib": float(needed.group(1)), "arguments_gib": None,
+                "tflop_per_step": None, "compile_seconds": time.perf_counter() - start, "fits_v5e": False}
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    return dict(program=program, stage=stage.name, target=label, chips=chips, mesh=list(mesh_shape),
-                frames=stage.chunk or stage.frames if program == "sample" else stage.frames,
-                peak_gib=peak / GIB, arguments_gib=m.argument_size_in_bytes / GIB, temp_gib=m.temp_size_in_bytes / GIB,
+    return dict(row, peak_gib=peak / GIB, arguments_gib=m.argument_size_in_bytes / GIB, temp_gib=m.temp_size_in_bytes / GIB,
                 tflop_per_step=float(cost.get("flops", 0.0)) * chips / 1e12, compile_seconds=seconds,
                 fits_v5e=peak / GIB <= HBM_GIB["v5e"])
 
@@ -177,10 +186,11 @@ def main() -> None:
             row = done[0] if done else measure(program, stage, text_len, text_dim)
             if not done:
                 rows.append(row)
+            num = lambda x, w: f"{'–':>{w}}" if x is None else f"{x:>{w}.2f}"  # noqa: E731
             print(f"{program:<9} {stage.name:<6} {row['target']:<26} {'x'.join(map(str, row['mesh'])):<7} "
-                  f"{row['frames']:>6} {row['peak_gib']:>9.2f} {row['arguments_gib']:>9.2f} {row['temp_gib']:>9.2f} "
-                  f"{row['tflop_per_step']:>11.2f} {str(row['fits_v5e']):>8} {row['compile_seconds']:>9.1f}",
-                  flush=True)
+                  f"{row['frames']:>6} {num(row['peak_gib'], 9)} {num(row['arguments_gib'], 9)} "
+                  f"{num(row['temp_gib'], 9)} {num(row['tflop_per_step'], 11)} {str(row['fits_v5e']):>8} "
+                  f"{row['compile_seconds']:>9.1f}", flush=True)
             # Written after every row: a long run that is stopped keeps what it measured.
             write_json(out, dict(meta=dict(variant=args.variant, jax=jax.__version__, plans=PLANS), rows=rows))
     print(f"wrote {out}")
