@@ -13,6 +13,7 @@ at input position j · T_in / T_out: both clips start together and last as long.
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -180,7 +181,10 @@ def center_crop(video: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def degrade(video: jax.Array, stage: Stage) -> jax.Array:
-    """Dreamix's corruption before noising: any clip → the base stage's frames and pixels (centre-cropped)."""
+    """Dreamix's corruption before noising: any clip → a stage's frames and pixels (centre-cropped).
+
+    Given the base stage, this is the input the edit starts from.
+    """
     video = center_crop(video, stage.height, stage.width)
     video = resample_time(video, stage.frames, "nearest")
     return resize_space(video, stage.height, stage.width, "linear")
@@ -196,6 +200,14 @@ def downsample_condition(video: jax.Array, stage: Stage) -> jax.Array:
     """A clip at this SR stage's size → what the previous stage would make (training pairs)."""
     video = resample_time(video, stage.in_frames, "nearest")
     return resize_space(video, stage.in_height, stage.in_width, "linear")
+
+
+def training_pair(video: jax.Array, stage: Stage) -> tuple[jax.Array, jax.Array | None]:
+    """Any clip → this stage's target (`degrade` to the stage's size) and, for SR stages, its upsampled condition."""
+    target = degrade(video, stage)
+    if not stage.is_sr:
+        return target, None
+    return target, upsample_condition(downsample_condition(target, stage), stage)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,20 +341,25 @@ def sample_cascade(
     s: jax.Array | float | None = None,
     guidance: jax.Array | float | None = None,
     schedule: Schedule = Schedule(),
+    seconds: dict[str, float] | None = None,
 ) -> list[jax.Array]:
     """Run every stage in turn; returns each stage's video (the last is the cascade's output).
 
     `x_start`/`s` start the base stage from a noised video; `guidance` overrides the base stage's
-    weight (SR stages keep their own).
+    weight (SR stages keep their own). Given a `seconds` dict, each stage is waited for and its
+    wall time recorded there.
     """
     if len(models) != len(stages):
         raise ValueError(f"{len(models)} models were given for {len(stages)} stages.")
     keys = example_keys(key, text.shape[0])
     videos: list[jax.Array] = []
     for i, (model, stage) in enumerate(zip(models, stages, strict=True)):
-        base = stage.kind == "base"
+        base, start = stage.kind == "base", time.perf_counter()
         videos.append(sample_stage(
             model, stage, text, text_mask, _fold(keys, 100 + i), previous=videos[-1] if videos else None,
             x_start=x_start if base else None, s=s if base else None, guidance=guidance if base else None,
             schedule=schedule))
+        if seconds is not None:
+            jax.block_until_ready(videos[-1])
+            seconds[stage.name] = round(time.perf_counter() - start, 2)
     return videos

@@ -64,14 +64,6 @@ def lr_multiplier(step: jax.Array, warmup: int, total: int, kind: str) -> jax.Ar
     return warm * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
 
-def stage_batch(video: jax.Array, stage: cascade.Stage) -> tuple[jax.Array, jax.Array | None]:
-    """A clip (at any size) → this stage's target and, for SR stages, its upsampled low-res condition."""
-    target = cascade.resize_space(cascade.resample_time(video, stage.frames), stage.height, stage.width)
-    if not stage.is_sr:
-        return target, None
-    return target, cascade.upsample_condition(cascade.downsample_condition(target, stage), stage)
-
-
 def drop_text(mask: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     """Replace a `rate` share of prompts by the null condition (all-False mask) for guidance."""
     keep = jax.random.uniform(key, mask.shape[:1]) >= rate
@@ -244,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
                 paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay):
     """One optimisation step on a raw batch (clips at any size and tokenised captions)."""
-    video, cond = stage_batch(raw["video"], stage)
+    video, cond = cascade.training_pair(raw["video"], stage)
     drop_key, step_key = jax.random.split(key)
     batch = dict(video=video, text=raw["caption_ids"], text_mask=drop_text(raw["caption_mask"], drop_key, text_dropout),
                  frames_text=raw["image_caption_ids"],
@@ -282,13 +274,15 @@ def _compiled(make_step: functools.partial, out_shardings, args) -> tuple[Any, f
 
 
 def load_text_encoder(workdir: str, model: TextToVideo) -> nnx.State:
-    """The text-encoder weights of the latest checkpoint in a base-stage `workdir`, sharded like `model`'s."""
+    """The text-encoder weights (EMA when kept) of the latest checkpoint in a base-stage `workdir`, sharded like `model`'s."""
     manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",))
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to read the text encoder from; train the "
                                 "base stage there first.")
-    saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    # The averaged weights, when the run kept them, are the ones sampling uses with the base U-Net.
+    saved = restored.get("ema") or restored["params"]
     if "text_encoder" not in saved:
         raise ValueError(f"The checkpoint in {workdir} did not train a text encoder (train_text_encoder was off).")
     state = nnx.state(model.text_encoder)

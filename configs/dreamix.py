@@ -1,0 +1,58 @@
+r"""Dreamix applications on a trained cascade (default: the shipped tiny cascade).
+
+  video    finetune on an input video (mixed objective), then edit it with text prompts.
+  image    animate one image by a camera motion, finetune on its frames only, then edit.
+  subject  finetune on a folder of images of one subject (frames only, rare-token prompt), then
+           generate from pure noise (s = 1) with a prompt that names the token.
+
+  python -m dreamix_jax.edit --config configs/dreamix.py:video --workdir /tmp/dreamix \
+      --config.input=clip.mp4 --config.prompt="a green circle moving right on a gray background"
+  python -m dreamix_jax.edit --config configs/dreamix.py:image --workdir /tmp/dreamix \
+      --config.input=frame.png --config.camera.motion=pan_right --config.prompt="a red circle on a white background"
+  python -m dreamix_jax.edit --config configs/dreamix.py:subject --workdir /tmp/dreamix \
+      --config.input=subject_images/ --config.prompt="a sks moving up on a black background"
+
+Several prompts are separated by ';'; with `num_seeds` seeds each, all edits run as one batch.
+"""
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("video", "image", "subject")
+
+
+def get_config(arg: str | None = "video") -> ml_collections.ConfigDict:
+    """Config of one Dreamix application; `arg` names it."""
+    arg = common.parse_arg(arg, variant="video")
+    if arg.variant not in VARIANTS:
+        raise ValueError(f"Unknown Dreamix variant {arg.variant!r}; choose one of {VARIANTS}.")
+    config = ml_collections.ConfigDict()
+    config.variant = arg.variant
+    config.input = ""  # a video, image or folder; "" uses the bundled example clip (video, image)
+    config.prompt = ""  # the edited video's description; several prompts separated by ';'
+    config.weights = ""  # a cascade weights file (dreamix_jax.pretrained); "" is the shipped tiny cascade
+
+    # Sampling. s is the noise strength of the edit: 0 keeps the degraded input, 1 ignores it.
+    config.s = 1.0 if arg.variant == "subject" else 0.75
+    config.seed = 0
+    config.num_seeds = 1  # seeds seed, seed + 1, ...
+    config.guidance = 0.0  # the base stage's guidance weight; 0 keeps the cascade's own
+    config.sampling_steps = 0  # the base stage's DDIM steps; 0 keeps the cascade's own
+
+    # Finetuning (Dreamix's mixed objective): w_video · L_video + alpha · L_frames. Video-only is
+    # alpha = 0, frames-only is w_video = 0; steps = 0 edits with the pretrained cascade.
+    frames_only = arg.variant in ("image", "subject")
+    config.finetune = dict(
+        prompt="sks",  # the rare-token prompt the input is learned under
+        w_video=0.0 if frames_only else 1.0,
+        alpha=1.0,
+        lr=2e-4,
+        steps=40,
+        stages="",  # comma-separated stage names; "" finetunes the stages the cascade marks
+        seed=0,
+    )
+    # Image animation: the camera motion that turns the image into a clip (`none` repeats it).
+    config.camera = dict(motion="zoom_in", amount=0.25)
+    config.mesh = dict(shape=(-1, 1, 1))
+    return config

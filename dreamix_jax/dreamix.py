@@ -1,0 +1,280 @@
+"""Dreamix: finetune a cascade on the input, then edit by sampling from the degraded, noised input.
+
+Composes the existing pieces and owns no layers:
+
+- `finetune`: the marked stages (default: the base and the SR stages the cascade config marks)
+  learn the input with a rare-token prompt and the mixed objective `w_video · L_video + α ·
+  L_frames` (video-only, mixed and frames-only are three settings of the two weights). The
+  result is stored under the workdir, keyed by the input and the settings, and reused.
+- `edit`: `degrade` → noise to `s` → the base stage from `s` with the target prompt → every SR
+  stage. Prompts, seeds and `s` values run as one batch; example i's noise depends only on its
+  own seed, so a batch equals its edits run one by one.
+- `animate`: one image → a clip by a smooth camera motion (perspective warps with reflection
+  padding) or by repetition; frames-only finetuning; then `edit`.
+- `subject`: images of one subject → frames-only finetuning → sampling from pure noise (`s = 1`).
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+
+from dreamix_jax import cascade, objective
+from dreamix_jax.pretrained import Cascade
+from dreamix_jax.text import weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+CAMERA_MOTIONS = ("none", "pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out", "rotate")
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings and checks.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneSettings:
+    """How the cascade learns the input; `steps` 0 skips finetuning."""
+
+    prompt: str = "sks"  # the rare-token prompt the input is learned under
+    w_video: float = 1.0  # weight of the whole-clip loss
+    alpha: float = 1.0  # weight of the independent-frames loss
+    lr: float = 1e-4
+    steps: int = 40
+    stages: tuple[str, ...] = ()  # empty: the stages the cascade config marks `finetune`
+    seed: int = 0
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(p for p, w in (("video", self.w_video), ("frames", self.alpha)) if w)
+
+
+def check_edit_args(prompts: Sequence[str], s_values: Sequence[float]) -> None:
+    """One-sentence errors for an empty prompt or an `s` outside [0, 1]."""
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ValueError("The prompt is empty; describe the edited video, e.g. --config.prompt='a blue square "
+                         "moving left on a gray background'.")
+    bad = [s for s in s_values if not 0.0 <= s <= 1.0]
+    if bad:
+        raise ValueError(f"Noise strength s={bad[0]} is outside [0, 1]; 0 keeps the input, 1 ignores it.")
+
+
+def check_finetune(settings: FinetuneSettings, cascade_: Cascade) -> tuple[cascade.Stage, ...]:
+    """The stages to finetune, after one-sentence errors for unusable settings."""
+    names = [s.name for s in cascade_.stages]
+    unknown = [n for n in settings.stages if n not in names]
+    if unknown:
+        raise ValueError(f"Cannot finetune unknown stages {unknown}; the cascade has {names}.")
+    if settings.steps and not settings.paths:
+        raise ValueError("Both w_video and alpha are 0, so finetuning has no objective; set one of them above 0.")
+    if settings.steps < 0 or settings.lr < 0:
+        raise ValueError(f"Finetuning steps ({settings.steps}) and lr ({settings.lr}) cannot be negative.")
+    if not settings.prompt.strip():
+        raise ValueError("The finetuning prompt is empty; use a rare token such as 'sks'.")
+    chosen = settings.stages or tuple(s.name for s in cascade_.stages if s.finetune)
+    return tuple(s for s in cascade_.stages if s.name in chosen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Finetuning.
+# ------------------------------------------------------------------------------------------------
+
+
+def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text: np.ndarray, mask: np.ndarray,
+                   settings: FinetuneSettings, schedule, *, progress: bool = True) -> tuple[nnx.Module, list[float]]:
+    """A finetuned copy of one stage's U-Net (the given one is left as it is) and its losses per step."""
+    graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
+    params = jax.tree.map(jnp.copy, params)  # the step donates its weights; the pretrained ones stay
+    optimizer = objective.make_optimizer()
+    step = jax.jit(objective.make_train_step(graphdef, optimizer, paths=settings.paths, schedule=schedule,
+                                             cond_aug_max=stage.train_cond_aug), donate_argnums=(0, 1))
+    target, cond = cascade.training_pair(clip[None], stage)
+    batch = dict(video=target, text=jnp.asarray(text), text_mask=jnp.asarray(mask))
+    if cond is not None:
+        batch["cond"] = cond
+    opt_state = optimizer.init(params)
+    weights = jnp.asarray([settings.w_video, settings.alpha], jnp.float32)
+    key = jax.random.fold_in(jax.random.key(settings.seed), len(stage.name))
+    losses = []
+    bar = tqdm.tqdm(range(settings.steps), desc=f"finetune {stage.name}", disable=not progress, unit="step")
+    for i in bar:
+        params, opt_state, loss, _ = step(params, opt_state, rest, batch, jax.random.fold_in(key, i), weights,
+                                          jnp.float32(settings.lr))
+        losses.append(float(loss))
+        if not np.isfinite(losses[-1]):
+            raise FloatingPointError(f"Finetuning {stage.name} reached a loss of {losses[-1]} at step {i + 1}; "
+                                     "lower the learning rate.")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return nnx.merge(graphdef, params, rest), losses
+
+
+def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade) -> str:
+    """What identifies a finetune: the input's pixels, the settings and the pretrained weights."""
+    digest = hashlib.sha256(np.ascontiguousarray(clip, np.float32).tobytes())
+    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    for unet in cascade_.unets:
+        digest.update(weights_fingerprint(nnx.state(unet, nnx.Param)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _save_params(path: pathlib.Path, unet: nnx.Module) -> None:
+    flat = {"/".join(map(str, p)): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **flat)
+    os.replace(tmp, path)
+
+
+def _load_params(path: pathlib.Path, unet: nnx.Module) -> nnx.Module:
+    graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
+    with np.load(path) as data:
+        params = jax.tree.map(jnp.copy, params)
+        for p, variable in nnx.to_flat_state(params):
+            variable.value = jax.device_put(data["/".join(map(str, p))], variable.value.sharding)
+    return nnx.merge(graphdef, params, rest)
+
+
+def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
+             workdir: str | os.PathLike | None = None, *, progress: bool = True) -> tuple[Cascade, dict[str, Any]]:
+    """The cascade with its chosen stages finetuned on `clip` (T, H, W, 3); reused from `workdir` if stored there.
+
+    Returns it and a record: the key, whether it was reused, the losses and seconds per stage.
+    """
+    stages = check_finetune(settings, cascade_)
+    key = finetune_key(clip, settings, cascade_)
+    record: dict[str, Any] = dict(key=key, settings=dataclasses.asdict(settings), reused=False, stages={})
+    if not settings.steps or not stages:
+        return cascade_, record
+    folder = pathlib.Path(workdir, "finetunes", key) if workdir else None
+    if folder is not None and (folder / "finetune.json").is_file():
+        unets = list(cascade_.unets)
+        for i, stage in enumerate(cascade_.stages):
+            if stage in stages:
+                unets[i] = _load_params(folder / f"{stage.name}.npz", unets[i])
+        log.info("Reusing the finetune stored in %s.", folder)
+        return cascade_.with_unets(unets), {**json.loads((folder / "finetune.json").read_text()), "reused": True}
+
+    text, mask = cascade_.text([settings.prompt])
+    unets = list(cascade_.unets)
+    for i, stage in enumerate(cascade_.stages):
+        if stage not in stages:
+            continue
+        start = time.perf_counter()
+        unets[i], losses = finetune_stage(unets[i], stage, jnp.asarray(clip), text, mask, settings,
+                                          cascade_.schedule, progress=progress)
+        record["stages"][stage.name] = dict(first_loss=losses[0], last_loss=losses[-1],
+                                            mean_loss_last_10=float(np.mean(losses[-10:])),
+                                            seconds=round(time.perf_counter() - start, 2))
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, stage in enumerate(cascade_.stages):
+            if stage in stages:
+                _save_params(folder / f"{stage.name}.npz", unets[i])
+        (folder / "finetune.json").write_text(json.dumps(record, indent=2))  # written last: marks it complete
+    return cascade_.with_unets(unets), record
+
+
+# ------------------------------------------------------------------------------------------------
+# Editing.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EditRequest:
+    """One edit of a batch."""
+
+    prompt: str
+    seed: int = 0
+    s: float = 0.8
+
+
+def grid(prompts: Sequence[str], seeds: Sequence[int], s_values: Sequence[float]) -> list[EditRequest]:
+    """Every (prompt, seed, s) combination, prompts outermost."""
+    return [EditRequest(p, seed, s) for p in prompts for seed in seeds for s in s_values]
+
+
+def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequest], *,
+         guidance: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Edit `clip` (T, H, W, 3) in [-1, 1] once per request, in one batch → ((N, T', H', W', 3), seconds per stage).
+
+    `clip=None` samples from pure noise (every `s` must then be 1). `guidance` overrides the base
+    stage's weight.
+    """
+    check_edit_args([r.prompt for r in requests], [r.s for r in requests])
+    if clip is None and any(r.s != 1.0 for r in requests):
+        raise ValueError("Without an input video every edit starts from pure noise; use s=1.")
+    text, mask = cascade_.text([r.prompt for r in requests])
+    keys = jnp.stack([jax.random.key(r.seed) for r in requests])
+    s = jnp.asarray([r.s for r in requests], jnp.float32)
+    x_start = None
+    if clip is not None:
+        x_start = jnp.repeat(cascade.degrade(jnp.asarray(clip)[None], cascade_.base), len(requests), axis=0)
+    seconds: dict[str, float] = {}
+    videos = cascade.sample_cascade(cascade_.unets, cascade_.stages, jnp.asarray(text), jnp.asarray(mask), keys,
+                                    x_start=x_start, s=s, guidance=guidance, schedule=cascade_.schedule,
+                                    seconds=seconds)
+    return np.asarray(jnp.clip(videos[-1], -1.0, 1.0)), seconds
+
+
+# ------------------------------------------------------------------------------------------------
+# Image animation: camera motion as perspective warps.
+# ------------------------------------------------------------------------------------------------
+
+
+def camera_homographies(motion: str, frames: int, amount: float, height: int, width: int) -> np.ndarray:
+    """(T, 3, 3) maps from output to source pixel coordinates, centred on the frame centre.
+
+    Camera motions: a pan to the right moves the content left by `amount · width` pixels over the
+    clip (up/down use the height); zoom in enlarges by `1 + amount` about the centre (zoom out is
+    its reverse); rotate turns by `amount · 90°`.
+    """
+    if motion not in CAMERA_MOTIONS:
+        raise ValueError(f"Unknown camera motion {motion!r}; choose one of {CAMERA_MOTIONS}.")
+    t = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
+    maps = np.tile(np.eye(3), (frames, 1, 1))
+    pan = {"pan_right": (1, 0, width), "pan_left": (-1, 0, width), "pan_down": (0, 1, height),
+           "pan_up": (0, -1, height)}
+    if motion in pan:
+        dx, dy, extent = pan[motion]
+        maps[:, 0, 2] = dx * amount * extent * t
+        maps[:, 1, 2] = dy * amount * extent * t
+    elif motion in ("zoom_in", "zoom_out"):
+        zoom = 1.0 + amount * (t if motion == "zoom_in" else 1.0 - t)
+        maps[:, 0, 0] = maps[:, 1, 1] = 1.0 / zoom
+    elif motion == "rotate":
+        angle = -amount * np.pi / 2 * t  # the source turns the other way
+        maps[:, 0, 0], maps[:, 0, 1] = np.cos(angle), -np.sin(angle)
+        maps[:, 1, 0], maps[:, 1, 1] = np.sin(angle), np.cos(angle)
+    return maps
+
+
+@jax.jit
+def warp(image: jax.Array, homography: jax.Array) -> jax.Array:
+    """Perspective-warp an image (H, W, C): output pixel p shows the source at H·p, reflected outside the image."""
+    height, width = image.shape[:2]
+    ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) - (height - 1) / 2,
+                          jnp.arange(width, dtype=jnp.float32) - (width - 1) / 2, indexing="ij")
+    src = jnp.einsum("ij,jhw->ihw", homography, jnp.stack([xs, ys, jnp.ones_like(xs)]))
+    x = src[0] / src[2] + (width - 1) / 2
+    y = src[1] / src[2] + (height - 1) / 2
+    channel = lambda c: jax.scipy.ndimage.map_coordinates(c, [y, x], order=1, mode="mirror")  # noqa: E731
+    return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
+
+
+def animate(image: np.ndarray, motion: str, frames: int, amount: float = 0.25) -> np.ndarray:
+    """One image (H, W, 3) → a coarse clip (T, H, W, 3) following a camera motion ('none' repeats it)."""
+    maps = camera_homographies(motion, frames, amount, *image.shape[:2])
+    return np.asarray(jax.vmap(warp, in_axes=(None, 0))(jnp.asarray(image, jnp.float32), jnp.asarray(maps, jnp.float32)))

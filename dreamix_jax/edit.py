@@ -1,0 +1,192 @@
+r"""The Dreamix command line: video editing, image animation and subject-driven generation.
+
+  python -m dreamix_jax.edit --config configs/dreamix.py:video --workdir /tmp/dreamix \
+      --config.input=clip.mp4 --config.prompt="a green circle moving right on a gray background"
+
+Every input problem stops before any compute with one sentence. Each edit is written to
+`<workdir>/edits/<name>/`: `video.mp4` (the output at the final stage's fps), `comparison.mp4`
+(input beside output, captioned) and `result.json` (every setting, the finetune used, seconds per
+stage). The finetune is stored in `<workdir>/finetunes/` and reused by later edits of the same
+input with the same settings.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import time
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from dreamix_jax import cascade, dreamix, pretrained
+from dreamix_jax.data import video_io
+from dreamix_jax.sharding import make_mesh
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_CLIP = pathlib.Path(__file__).parent / "assets" / "example_clip.mp4"
+EXAMPLE_CAPTION = "a red circle moving right on a gray background"
+VARIANTS = ("video", "image", "subject")
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs, checked before any compute.
+# ------------------------------------------------------------------------------------------------
+
+
+def prompts_of(config: ml_collections.ConfigDict) -> list[str]:
+    """The prompts in `config.prompt` (';'-separated), checked with `s` and the seeds."""
+    if config.variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {config.variant!r}; choose one of {VARIANTS}.")
+    prompts = [p.strip() for p in config.prompt.split(";")]
+    dreamix.check_edit_args(prompts if any(prompts) else [], [config.s])
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds is {config.num_seeds}; ask for at least one seed.")
+    if config.variant == "subject" and config.s != 1.0:
+        raise ValueError("Subject-driven generation samples from pure noise; use s=1 (or the video variant).")
+    if config.variant == "image" and config.camera.motion not in dreamix.CAMERA_MOTIONS:
+        raise ValueError(f"Unknown camera motion {config.camera.motion!r}; choose one of {dreamix.CAMERA_MOTIONS}.")
+    return prompts
+
+
+def read_input(config: ml_collections.ConfigDict) -> tuple[np.ndarray, float, str]:
+    """The input as a clip (T, H, W, 3) in [-1, 1], its fps and its path, checked for the variant."""
+    path = config.input
+    if not path:
+        if config.variant == "subject":
+            raise video_io.InputError("Subject-driven generation needs images of the subject; give a folder as "
+                                      "--config.input.")
+        path = str(EXAMPLE_CLIP)
+    clip, fps = video_io.read_frames(path)
+    if config.variant == "video" and clip.shape[0] == 1:
+        raise video_io.InputError(f"{path} holds a single image; animate it with configs/dreamix.py:image.")
+    if config.variant == "image":
+        if not config.input:
+            clip = clip[:1]  # the example clip's first frame
+        elif clip.shape[0] != 1 or pathlib.Path(path).suffix.lower() in video_io.VIDEO_SUFFIXES:
+            raise video_io.InputError(f"{path} is not one image; give a PNG/JPEG file (for several images of one "
+                                      "subject use configs/dreamix.py:subject).")
+    return clip, fps, path
+
+
+def fit_notices(clip: np.ndarray, stage: cascade.Stage) -> list[str]:
+    """What fitting `clip` to `stage` will change, for the user to read."""
+    notices = []
+    t, h, w = clip.shape[:3]
+    if h * stage.width != w * stage.height:
+        notices.append(f"The input is {w}×{h}; it is centre-cropped to the model's {stage.width}:{stage.height} "
+                       "aspect ratio.")
+    if t not in (1, stage.frames):
+        notices.append(f"The input has {t} frames; it is resampled in time to {stage.frames}.")
+    return notices
+
+
+def finetune_settings(config: ml_collections.ConfigDict) -> dreamix.FinetuneSettings:
+    """The finetune section of the config as settings."""
+    ft = config.finetune
+    stages = tuple(s.strip() for s in ft.stages.split(",") if s.strip())
+    return dreamix.FinetuneSettings(prompt=ft.prompt, w_video=ft.w_video, alpha=ft.alpha, lr=ft.lr, steps=ft.steps,
+                                    stages=stages, seed=ft.seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+# ------------------------------------------------------------------------------------------------
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "edit"
+
+
+def _write_json(path: pathlib.Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+        model: pretrained.Cascade | None = None) -> list[dict[str, Any]]:
+    """Finetune (or reuse a finetune) and edit as the config says; returns each edit's result record."""
+    started = time.perf_counter()
+    prompts = prompts_of(config)
+    settings = finetune_settings(config)
+    clip, fps, source = read_input(config)
+    workdir = pathlib.Path(workdir)
+
+    model = model or pretrained.load(config.weights or pretrained.SHIPPED, make_mesh(config.mesh.shape),
+                                     cache_dir=workdir / "prompt_cache")
+    dreamix.check_finetune(settings, model)
+    if config.sampling_steps:
+        model = dataclasses.replace(model, stages=(dataclasses.replace(model.base, steps=config.sampling_steps),
+                                                   *model.stages[1:]))
+    final = model.final
+    for notice in fit_notices(clip, final):
+        log.warning(notice)
+    if config.variant == "image":
+        image = cascade.resize_space(cascade.center_crop(jnp.asarray(clip), final.height, final.width),
+                                     final.height, final.width)[0]
+        clip = dreamix.animate(np.asarray(image), config.camera.motion, final.frames, config.camera.amount)
+
+    log.info("Finetuning %s.", ", ".join(s.name for s in dreamix.check_finetune(settings, model)) or "nothing")
+    tuned, finetune_record = dreamix.finetune(model, clip, settings, workdir)
+    requests = dreamix.grid(prompts, range(config.seed, config.seed + config.num_seeds), [config.s])
+    log.info("Sampling %d edit(s) in one batch.", len(requests))
+    videos, seconds = dreamix.edit(tuned, None if config.variant == "subject" else clip, requests,
+                                   guidance=config.guidance or None)
+
+    shown_input = np.asarray(cascade.degrade(jnp.asarray(clip)[None], final)[0])
+    results = []
+    for i, (request, video) in enumerate(zip(requests, videos, strict=True)):
+        folder = workdir / "edits" / f"{i:02d}-{_slug(request.prompt)}-seed{request.seed}-s{request.s:g}"
+        folder.mkdir(parents=True, exist_ok=True)
+        video_io.write_video(folder / "video.mp4", video, final.fps)
+        video_io.write_video(folder / "comparison.mp4",
+                             video_io.side_by_side([shown_input, video], ["input", request.prompt]), final.fps)
+        result = dict(
+            variant=config.variant, input=dict(path=source, frames=int(clip.shape[0]), fps=fps,
+                                               height=int(clip.shape[1]), width=int(clip.shape[2])),
+            request=dataclasses.asdict(request), output=dict(video=str(folder / "video.mp4"),
+                                                             comparison=str(folder / "comparison.mp4"),
+                                                             shape=list(video.shape), fps=final.fps),
+            finetune=finetune_record, sampling_seconds_per_stage=seconds, batch=len(requests),
+            weights=model.meta, config=config.to_dict())
+        _write_json(folder / "result.json", result)
+        results.append(result)
+    log.info("Done in %.1f s.", time.perf_counter() - started)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/dreamix.py:<video|image|subject>.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where finetunes and edits are written.")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("Give --config (e.g. configs/dreamix.py:video) and --workdir.")
+    try:
+        results = run(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as error:  # bad input: one sentence, no traceback
+        raise SystemExit(f"error: {error}") from None
+    for result in results:
+        print(result["output"]["comparison"])
+
+
+if __name__ == "__main__":
+    app.run(main)

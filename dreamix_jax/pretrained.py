@@ -1,0 +1,185 @@
+"""A cascade ready to sample, and the one-file weights format the shipped tiny cascade uses.
+
+`export` gathers the latest weights (the EMA copy where the run kept one) of every stage's
+training workdir, and the text encoder the base stage trained, into one `.npz` file that also
+holds the resolved cascade config. `load` rebuilds the cascade from that file alone, so the
+shipped default needs nothing but the package.
+
+  python -m dreamix_jax.pretrained --out dreamix_jax/assets/tiny_cascade.npz \
+      base=/tmp/shapes/base tsr=/tmp/shapes/tsr ssr1=/tmp/shapes/ssr1 ssr2=/tmp/shapes/ssr2
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from dreamix_jax import cascade
+from dreamix_jax.diffusion import Schedule
+from dreamix_jax.models.t5 import T5Config, T5Encoder, make_tokenizer
+from dreamix_jax.models.unet3d import UNet3D
+from dreamix_jax.sharding import create_sharded, make_mesh
+from dreamix_jax.text import TextEncoder
+
+SHIPPED = pathlib.Path(__file__).parent / "assets" / "tiny_cascade.npz"
+_META = "__meta__"
+
+
+@dataclasses.dataclass
+class Cascade:
+    """Stage specs, one U-Net per stage, the prompt encoder and the diffusion schedule."""
+
+    stages: tuple[cascade.Stage, ...]
+    unets: list[UNet3D]
+    text: TextEncoder
+    schedule: Schedule
+    config: dict[str, Any]  # the resolved cascade config
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance: training steps per stage
+
+    @property
+    def base(self) -> cascade.Stage:
+        return self.stages[0]
+
+    @property
+    def final(self) -> cascade.Stage:
+        return self.stages[-1]
+
+    def with_unets(self, unets: list[UNet3D]) -> "Cascade":
+        """The same cascade with other U-Nets (a finetuned copy)."""
+        return dataclasses.replace(self, unets=unets)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export: training workdirs → one file.
+# ------------------------------------------------------------------------------------------------
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    """A nested dict of arrays → {'prefix/a/b': array}; Orbax's trailing 'value' level is dropped."""
+    flat = {}
+    for key, value in tree.items():
+        name = prefix if key == "value" and not isinstance(value, Mapping) else f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
+    """(step, weights) of a training workdir's latest checkpoint: the EMA copy if the run kept one."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train that stage there first.")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return step, restored.get("ema") or restored["params"]
+
+
+def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: str | os.PathLike) -> pathlib.Path:
+    """Write every stage's U-Net and the base stage's text encoder, with the config, to one `.npz`."""
+    stages = cascade.stages_from_config(cascade_config)
+    missing = [s.name for s in stages if s.name not in workdirs]
+    if missing:
+        raise ValueError(f"No workdir given for stages {missing}; pass name=workdir for every stage.")
+    arrays, steps = {}, {}
+    for stage in stages:
+        steps[stage.name], weights = latest_weights(workdirs[stage.name])
+        arrays.update(_flatten(weights["unet"], stage.name))
+        if stage.kind == "base":
+            if "text_encoder" not in weights:
+                raise ValueError(f"The base run in {workdirs[stage.name]} did not train a text encoder.")
+            arrays.update(_flatten(weights["text_encoder"], "text_encoder"))
+    config = cascade_config.to_dict() if hasattr(cascade_config, "to_dict") else dict(cascade_config)
+    meta = dict(config=config, steps=steps)
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez_compressed(f, **{k: v.astype(np.float32) for k, v in arrays.items()},
+                            **{_META: np.array(json.dumps(meta))})
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Load: one file → a cascade.
+# ------------------------------------------------------------------------------------------------
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs use."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray], prefix: str,
+            mesh: Mesh) -> nnx.Module:
+    """A model built on `mesh` whose every weight is read from `arrays[prefix/...]` (shapes checked)."""
+    model = create_sharded(model_fn, mesh)
+    params = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(params):
+        name = "/".join([prefix, *map(str, path)])
+        if name not in arrays:
+            raise KeyError(f"The weights file has no {name!r}; it was exported for another cascade config.")
+        value = arrays[name]
+        if value.shape != variable.value.shape:
+            raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {variable.value.shape} "
+                             "in the model; the file was exported for another cascade config.")
+        variable.value = jax.device_put(value.astype(variable.value.dtype), variable.value.sharding)
+    nnx.update(model, params)
+    return model
+
+
+def load(path: str | os.PathLike = SHIPPED, mesh: Mesh | None = None,
+         cache_dir: str | os.PathLike | None = None) -> Cascade:
+    """Rebuild the cascade a weights file holds (default: the shipped tiny cascade)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Cascade weights {path} not found; export them with `python -m "
+                                "dreamix_jax.pretrained` or reinstall the package.")
+    mesh = mesh or make_mesh((-1, 1, 1))
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays.pop(_META)))
+    config = _tuples(meta["config"])
+    stages = cascade.stages_from_config(config)
+    unets = [_filled(lambda s=s: UNet3D(s.unet, rngs=nnx.Rngs(0)), arrays, s.name, mesh) for s in stages]
+    text_cfg = config["text"]
+    t5_cfg = T5Config.from_config(text_cfg["model"])
+    encoder = _filled(lambda: T5Encoder(t5_cfg, rngs=nnx.Rngs(0)), arrays, "text_encoder", mesh)
+    text = TextEncoder(encoder, make_tokenizer(text_cfg["tokenizer"]), text_cfg["max_length"], mesh,
+                       cache_dir=cache_dir)
+    return Cascade(stages=stages, unets=unets, text=text, schedule=Schedule(**config["schedule"]), config=config,
+                   meta=dict(steps=meta.get("steps", {}), path=str(path)))
+
+
+def main(argv: list[str]) -> None:
+    """`--out FILE name=workdir ...`: export a trained tiny cascade."""
+    from configs import cascade as cascade_configs
+
+    args = argv[1:]
+    if len(args) < 2 or args[0] != "--out":
+        raise SystemExit("usage: python -m dreamix_jax.pretrained --out FILE stage=workdir [stage=workdir ...]")
+    workdirs = dict(a.split("=", 1) for a in args[2:])
+    out = export(cascade_configs.get_config("tiny"), workdirs, args[1])
+    print(f"Wrote {out} ({out.stat().st_size / 2**20:.2f} MiB).")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
