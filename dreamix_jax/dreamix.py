@@ -131,7 +131,7 @@ def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade
 
 
 def _save_params(path: pathlib.Path, unet: nnx.Module) -> None:
-    flat = {"/".join(map(str, p)): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
+    flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     with os.fdopen(fd, "wb") as f:
         np.savez(f, **flat)
@@ -143,7 +143,7 @@ def _load_params(path: pathlib.Path, unet: nnx.Module) -> nnx.Module:
     with np.load(path) as data:
         params = jax.tree.map(jnp.copy, params)
         for p, variable in nnx.to_flat_state(params):
-            variable.value = jax.device_put(data["/".join(map(str, p))], variable.value.sharding)
+            variable.set_value(jax.device_put(data["/".join(map(str, p))], variable.get_value().sharding))
     return nnx.merge(graphdef, params, rest)
 
 

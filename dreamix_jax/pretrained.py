@@ -138,10 +138,10 @@ def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray]
         if name not in arrays:
             raise KeyError(f"The weights file has no {name!r}; it was exported for another cascade config.")
         value = arrays[name]
-        if value.shape != variable.value.shape:
-            raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {variable.value.shape} "
+        if value.shape != variable.get_value().shape:
+            raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {variable.get_value().shape} "
                              "in the model; the file was exported for another cascade config.")
-        variable.value = jax.device_put(value.astype(variable.value.dtype), variable.value.sharding)
+        variable.set_value(jax.device_put(value.astype(variable.get_value().dtype), variable.get_value().sharding))
     nnx.update(model, params)
     return model
 

@@ -110,6 +110,7 @@ def _atomic_target(path: pathlib.Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would survive the rename
     return tmp
 
 

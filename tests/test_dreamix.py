@@ -1,0 +1,167 @@
+"""Dreamix on the shipped tiny cascade: camera warps, editing from s, batching, the command line's
+outputs, reuse of a stored finetune, and one-sentence errors for bad input."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dreamix as dreamix_configs
+from dreamix_jax import cascade, dreamix, edit, evaluate, pretrained
+from dreamix_jax.data import synthetic, video_io
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped tiny cascade, loaded once, with 2 DDIM steps per stage: these tests check plumbing,
+    not sample quality, and unoptimised test compiles make every step slow."""
+    model = pretrained.load()
+    return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    attrs = synthetic.Attributes("green", "square", "left", "black", "large", (0.6, 0.5), (1.0, 2.0, 0.3))
+    return synthetic.render(attrs, 16, 64, 64)
+
+
+# ---- camera motion ---------------------------------------------------------------------------
+
+
+def _image(height=17, width=21):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.1, 1.0, (height, width, 3)).astype(np.float32)
+
+
+def test_zoom_keeps_the_centre_fixed():
+    image = _image()
+    for motion in ("zoom_in", "zoom_out", "rotate"):
+        video = dreamix.animate(image, motion, frames=5, amount=0.5)
+        np.testing.assert_allclose(video[:, 8, 10], np.broadcast_to(image[8, 10], (5, 3)), atol=1e-5)
+    zoomed = dreamix.animate(image, "zoom_in", frames=2, amount=1.0)[-1]  # ×2 about the centre
+    np.testing.assert_allclose(zoomed[8 - 2, 10 + 4], image[8 - 1, 10 + 2], atol=1e-5)
+
+
+def test_pan_shifts_content_by_the_expected_pixels():
+    image = _image(height=16, width=20)
+    video = dreamix.animate(image, "pan_right", frames=3, amount=0.2)  # 4 px over the clip, 2 per frame
+    np.testing.assert_allclose(video[0], image, atol=1e-5)
+    np.testing.assert_allclose(video[1][:, :-2], image[:, 2:], atol=1e-5)  # content moved left
+    np.testing.assert_allclose(video[2][:, :-4], image[:, 4:], atol=1e-5)
+    down = dreamix.animate(image, "pan_down", frames=2, amount=0.25)[-1]
+    np.testing.assert_allclose(down[:-4], image[4:], atol=1e-5)
+
+
+def test_reflection_padding_leaves_no_empty_border():
+    image = _image()
+    for motion in ("pan_left", "pan_up", "zoom_out", "rotate"):
+        video = dreamix.animate(image, motion, frames=4, amount=0.5)
+        assert video.min() >= 0.1 - 1e-5 and video.max() <= 1.0 + 1e-5, motion  # only image values, no fill
+    image = _image(height=16, width=20)
+    panned = dreamix.animate(image, "pan_left", frames=2, amount=0.1)[-1]  # 2 px beyond the left edge
+    np.testing.assert_allclose(panned[:, :2], image[:, 2:0:-1], atol=1e-5)  # mirrored about the edge pixel
+
+
+def test_unknown_camera_motion():
+    with pytest.raises(ValueError, match="Unknown camera motion 'spin'"):
+        dreamix.animate(_image(), "spin", frames=2)
+
+
+# ---- editing ------------------------------------------------------------------------------------
+
+
+def _base_only(model):
+    return dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+
+
+def test_noise_strength_zero_returns_the_degraded_input(shipped, clip):
+    base = shipped.base
+    degraded = np.asarray(cascade.degrade(jnp.asarray(clip)[None], base))
+    out, _ = dreamix.edit(_base_only(shipped), clip, [dreamix.EditRequest("a blue circle", seed=3, s=0.0)])
+    np.testing.assert_allclose(out, np.clip(degraded, -1, 1), atol=2e-3)
+
+
+def test_a_batch_of_edits_equals_the_edits_one_by_one(shipped, clip):
+    model = _base_only(shipped)
+    requests = [dreamix.EditRequest("a red circle moving up on a gray background", seed=1, s=0.5),
+                dreamix.EditRequest("a red circle moving up on a gray background", seed=2, s=0.9)]
+    batch, _ = dreamix.edit(model, clip, requests)
+    single, _ = dreamix.edit(model, clip, requests[1:])
+    np.testing.assert_allclose(batch[1], single[0], atol=1e-5)
+    assert np.abs(batch[0] - batch[1]).mean() > 1e-2  # the two settings differ
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_run(shipped, clip, tmp_path_factory):
+    """One edit through `edit.run` with a short finetune, then a second prompt on the same input."""
+    workdir = tmp_path_factory.mktemp("dreamix")
+    source = video_io.write_video(workdir / "input.mp4", clip, fps=8.0)
+    config = dreamix_configs.get_config("video")
+    config.input = str(source)
+    config.prompt = "a green square moving right on a black background"
+    config.finetune.steps = 3
+    first = edit.run(config, workdir, model=shipped)
+    config.prompt = "a red square moving left on a black background"
+    second = edit.run(config, workdir, model=shipped)
+    return workdir, first, second
+
+
+def test_the_pipeline_writes_every_output(cli_run, shipped):
+    workdir, first, _ = cli_run
+    (result,) = first
+    video, fps = video_io.read_frames(result["output"]["video"])
+    assert video.shape == (16, 64, 64, 3) and fps == shipped.final.fps == 8
+    comparison, _ = video_io.read_frames(result["output"]["comparison"])
+    assert comparison.shape == (16, 4 * 64 + 14, 2 * 4 * 64 + 4, 3)
+    saved = json.loads((workdir / "edits").glob("00-*/result.json").__next__().read_text())
+    assert saved["request"]["prompt"] == "a green square moving right on a black background"
+    assert set(saved["sampling_seconds_per_stage"]) == {s.name for s in shipped.stages}
+    assert set(saved["finetune"]["stages"]) == {"base", "ssr1", "ssr2"}  # the stages the config marks
+    assert saved["finetune"]["reused"] is False and saved["config"]["finetune"]["steps"] == 3
+    assert evaluate.detect(video).background != "none"
+
+
+def test_a_second_edit_reuses_the_stored_finetune(cli_run):
+    workdir, first, second = cli_run
+    assert second[0]["finetune"]["reused"] is True
+    assert second[0]["finetune"]["key"] == first[0]["finetune"]["key"]
+    assert len(list((workdir / "finetunes").iterdir())) == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(input="/nonexistent/clip.mp4"), "does not exist"),
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt="a red circle;"), "prompt is empty"),
+    (dict(s=1.5), "outside \\[0, 1\\]"),
+    (dict(s=-0.1), "outside \\[0, 1\\]"),
+    (dict(variant="music"), "Unknown variant"),
+    (dict(num_seeds=0), "at least one seed"),
+])
+def test_bad_input_stops_before_any_compute(tmp_path, change, message):
+    config = dreamix_configs.get_config("video")
+    config.prompt = "a red circle"
+    config.update(change)
+    with pytest.raises(ValueError, match=message):
+        edit.run(config, tmp_path, model=object())  # a model is never touched
+
+
+def test_input_kinds_that_do_not_fit_the_variant(tmp_path, clip):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "frame.png", video_io.to_uint8(clip[0]))
+    (tmp_path / "empty").mkdir()
+    cases = [("video", tmp_path / "frame.png", "single image"), ("image", edit.EXAMPLE_CLIP, "not one image"),
+             ("subject", "", "needs images"), ("video", tmp_path / "empty", "holds no images")]
+    for variant, path, message in cases:
+        config = dreamix_configs.get_config(variant)
+        config.input, config.prompt = str(path), "a sks"
+        with pytest.raises(ValueError, match=message):
+            edit.run(config, tmp_path, model=object())
+    with pytest.raises(ValueError, match="Unknown Dreamix variant"):
+        dreamix_configs.get_config("music")
