@@ -63,13 +63,13 @@ class Cascade:
 # ------------------------------------------------------------------------------------------------
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+def flatten_weights(tree: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
     """A nested dict of arrays → {'prefix/a/b': array}; Orbax's trailing 'value' level is dropped."""
     flat = {}
     for key, value in tree.items():
         name = prefix if key == "value" and not isinstance(value, Mapping) else f"{prefix}/{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, name))
+            flat.update(flatten_weights(value, name))
         else:
             flat[name] = np.asarray(value)
     return flat
@@ -97,11 +97,11 @@ def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: 
     arrays, steps = {}, {}
     for stage in stages:
         steps[stage.name], weights = latest_weights(workdirs[stage.name])
-        arrays.update(_flatten(weights["unet"], stage.name))
+        arrays.update(flatten_weights(weights["unet"], stage.name))
         if stage.kind == "base":
             if "text_encoder" not in weights:
                 raise ValueError(f"The base run in {workdirs[stage.name]} did not train a text encoder.")
-            arrays.update(_flatten(weights["text_encoder"], "text_encoder"))
+            arrays.update(flatten_weights(weights["text_encoder"], "text_encoder"))
     config = cascade_config.to_dict() if hasattr(cascade_config, "to_dict") else dict(cascade_config)
     meta = dict(config=config, steps=steps)
     out = pathlib.Path(out)
@@ -128,20 +128,25 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray], prefix: str,
-            mesh: Mesh) -> nnx.Module:
-    """A model built on `mesh` whose every weight is read from `arrays[prefix/...]` (shapes checked)."""
-    model = create_sharded(model_fn, mesh)
-    params = nnx.state(model, nnx.Param)
+def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str) -> None:
+    """Set every weight in `params` from `arrays[prefix/...]`, in its own dtype and sharding (shapes checked)."""
     for path, variable in nnx.to_flat_state(params):
         name = "/".join([prefix, *map(str, path)])
         if name not in arrays:
-            raise KeyError(f"The weights file has no {name!r}; it was exported for another cascade config.")
-        value = arrays[name]
-        if value.shape != variable.get_value().shape:
-            raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {variable.get_value().shape} "
-                             "in the model; the file was exported for another cascade config.")
-        variable.set_value(jax.device_put(value.astype(variable.get_value().dtype), variable.get_value().sharding))
+            raise KeyError(f"The weights have no {name!r}; they were saved for another config.")
+        value, current = arrays[name], variable.get_value()
+        if value.shape != current.shape:
+            raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {current.shape} in the model; "
+                             "it was saved for another config.")
+        variable.set_value(jax.device_put(np.asarray(value).astype(current.dtype), current.sharding))
+
+
+def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray], prefix: str,
+            mesh: Mesh) -> nnx.Module:
+    """A model built on `mesh` whose every weight is read from `arrays[prefix/...]`."""
+    model = create_sharded(model_fn, mesh)
+    params = nnx.state(model, nnx.Param)
+    fill(params, arrays, prefix)
     nnx.update(model, params)
     return model
 

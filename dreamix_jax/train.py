@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, objective
+from dreamix_jax import cascade, objective, pretrained
 from dreamix_jax.data import loader as loader_lib
 from dreamix_jax.data import shapes_video
 from dreamix_jax.diffusion import Schedule
@@ -274,20 +274,13 @@ def _compiled(make_step: functools.partial, out_shardings, args) -> tuple[Any, f
 
 
 def load_text_encoder(workdir: str, model: TextToVideo) -> nnx.State:
-    """The text-encoder weights (EMA when kept) of the latest checkpoint in a base-stage `workdir`, sharded like `model`'s."""
-    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to read the text encoder from; train the "
-                                "base stage there first.")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    # The averaged weights, when the run kept them, are the ones sampling uses with the base U-Net.
-    saved = restored.get("ema") or restored["params"]
+    """The text encoder (EMA when kept) of a base-stage `workdir`'s latest checkpoint, sharded like `model`'s."""
+    _, saved = pretrained.latest_weights(workdir)
     if "text_encoder" not in saved:
         raise ValueError(f"The checkpoint in {workdir} did not train a text encoder (train_text_encoder was off).")
-    state = nnx.state(model.text_encoder)
-    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, saved["text_encoder"]))
-    return jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), state, nnx.state(model.text_encoder))
+    state = nnx.state(model.text_encoder, nnx.Param)
+    pretrained.fill(state, pretrained.flatten_weights(saved["text_encoder"], "text_encoder"), "text_encoder")
+    return state
 
 
 def _on_mesh(tree: Any, mesh) -> Any:

@@ -1,5 +1,6 @@
 """The training loop: exact resume after a stop signal, the NaN guard, logs."""
 
+import functools
 import json
 import os
 import signal
@@ -8,9 +9,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from configs import pretrain_shapes
-from dreamix_jax import train
+from dreamix_jax import cascade, train
+from dreamix_jax.models.t5 import T5Config
+from dreamix_jax.models.text_to_video import TextToVideo
 from dreamix_jax.data import shapes_video
 
 
@@ -65,6 +69,20 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
     assert all(np.isfinite(m["loss"]) and m["examples_per_s"] > 0 and m["flops_per_s"] > 0 for m in logs)
     assert json.load(open(os.path.join(straight, "config.json")))["stage"] == "base"
     assert os.listdir(os.path.join(straight, "tensorboard"))
+
+    # An SR stage reads this base run's text encoder (frozen), weight for weight.
+    config = smoke_config(data_dir)
+    stage = {s.name: s for s in cascade.stages_from_config(config.cascade)}["ssr1"]
+    model = TextToVideo(stage.unet, T5Config.from_config(config.cascade.text.model), rngs=nnx.Rngs(7))
+    loaded = nnx.to_flat_state(train.load_text_encoder(straight, model))
+    saved = a["text_encoder"]
+    assert len(loaded) > 0
+    for path, variable in loaded:
+        expected = functools.reduce(lambda tree, key: tree[str(key)], path, saved)
+        expected = expected["value"] if isinstance(expected, dict) else expected  # Orbax's Variable level
+        np.testing.assert_array_equal(np.asarray(variable.get_value()), np.asarray(expected))
+    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+        train.load_text_encoder(str(tmp_path / "nothing"), model)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
