@@ -27,12 +27,9 @@ from dreamix_jax.models.unet3d import UNet3D  # noqa: E402
 
 def run_once(models, stages, text, mask, key) -> list[float]:
     """Seconds per stage of one cascade run (each stage waited for before the next starts)."""
-    seconds, previous = [], None
-    for model, stage in zip(models, stages, strict=True):
-        start = time.perf_counter()
-        previous = cascade.sample_stage(model, stage, text, mask, key, previous=previous).block_until_ready()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    seconds: dict[str, float] = {}
+    cascade.sample_cascade(models, stages, text, mask, key, seconds=seconds)
+    return [seconds[stage.name] for stage in stages]
 
 
 def main() -> None:

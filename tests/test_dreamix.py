@@ -165,3 +165,24 @@ def test_input_kinds_that_do_not_fit_the_variant(tmp_path, clip):
             edit.run(config, tmp_path, model=object())
     with pytest.raises(ValueError, match="Unknown Dreamix variant"):
         dreamix_configs.get_config("music")
+
+
+def test_image_animation_and_subject_generation_run_from_the_command_line(shipped, clip, tmp_path):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "frame.png", video_io.to_uint8(clip[0]))
+    subject = tmp_path / "subject"
+    subject.mkdir()
+    for i in (0, 7, 15):
+        iio.imwrite(subject / f"{i:02d}.png", video_io.to_uint8(clip[i]))
+    for variant, source, prompt in [("image", tmp_path / "frame.png", "a green square on a black background"),
+                                    ("subject", subject, "a sks moving up on a black background")]:
+        config = dreamix_configs.get_config(variant)
+        config.input, config.prompt = str(source), prompt
+        config.finetune.steps, config.finetune.stages = 2, "base"  # frames only: one compiled step for both
+        (result,) = edit.run(config, tmp_path / variant, model=shipped)
+        assert result["variant"] == variant and result["config"]["finetune"]["w_video"] == 0.0
+        assert set(result["finetune"]["stages"]) == {"base"}
+        video, _ = video_io.read_frames(result["output"]["video"])
+        assert video.shape == (16, 64, 64, 3)
+    assert result["request"]["s"] == 1.0 and result["input"]["frames"] == 3

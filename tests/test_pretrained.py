@@ -1,0 +1,32 @@
+"""The shipped weights file: its size, its config, its provenance, and errors for a file that does not fit."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import cascade as cascade_configs
+from dreamix_jax import pretrained
+
+
+def test_shipped_file_holds_the_tiny_cascade_as_trained():
+    assert pretrained.SHIPPED.stat().st_size < 25 * 2**20
+    with np.load(pretrained.SHIPPED) as data:
+        meta = json.loads(str(data["__meta__"]))
+        names = set(data.files)
+    expected = json.loads(cascade_configs.get_config("tiny").to_json())
+    assert meta["config"] == expected  # the file was exported from configs/cascade.py:tiny
+    assert set(meta["steps"]) == set(expected["stage_order"]) and min(meta["steps"].values()) > 0
+    prefixes = {name.split("/")[0] for name in names - {"__meta__"}}
+    assert prefixes == {*expected["stage_order"], "text_encoder"}
+
+
+def test_a_file_for_another_config_is_refused(tmp_path):
+    with np.load(pretrained.SHIPPED) as data:
+        arrays = {k: data[k] for k in data.files}
+    del arrays["base/conv_in/kernel"]
+    np.savez(tmp_path / "partial.npz", **arrays)
+    with pytest.raises(KeyError, match="no 'base/conv_in/kernel'"):
+        pretrained.load(tmp_path / "partial.npz")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        pretrained.load(tmp_path / "missing.npz")
