@@ -1,0 +1,69 @@
+# shellcheck shell=bash
+# Settings and helpers shared by the Cloud TPU launch scripts; sourced by them, never run.
+#
+# Environment (defaults in brackets):
+#   TPU_NAME          required: the TPU VM or pod slice (and, with QUEUED=1, its queued resource)
+#   ZONE              zone of the TPU [us-west4-a]
+#   PROJECT           Google Cloud project; passed as --project only when set [gcloud's default]
+#   ACCELERATOR_TYPE  TPU type and size [v5litepod-16]
+#   RUNTIME_VERSION   TPU VM software version [v2-alpha-tpuv5-lite]
+#   REPO_DIR          the repository's directory on every worker; a leading ~/ is the workers'
+#                     home, not this machine's [~/dreamix_jax]
+#   PYTHON            interpreter on the workers [python3: stock TPU VM images have no `python`]
+#   BUCKET            gs:// root of the run workdirs; checked by require_bucket, i.e. only by
+#                     the scripts that start runs [none]
+#
+# Usage (from another launch script):
+#   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+#   tpu_ssh_all "cd $(remote_repo_dir) && ls"
+
+# SC2034: some settings are only read by the scripts that source this file.
+# SC2088: a quoted ~ is deliberate here: REPO_DIR's ~ is the workers' home, expanded there.
+# shellcheck disable=SC2034,SC2088
+
+die() {
+  echo "$(basename "$0"): $*" >&2
+  exit 1
+}
+
+[[ -n ${TPU_NAME:-} ]] || die "TPU_NAME is not set: export TPU_NAME=<name of the TPU VM>"
+ZONE=${ZONE:-us-west4-a}
+PROJECT=${PROJECT:-}
+ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-v5litepod-16}
+RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv5-lite}
+# Quoted so that ~ is left for the workers' shell to expand.
+REPO_DIR=${REPO_DIR:-"~/dreamix_jax"}
+PYTHON=${PYTHON:-python3}
+
+# setup.sh moves an earlier copy of REPO_DIR aside: never let that be the home or root directory.
+case ${REPO_DIR%/} in
+  "" | "~" | .) die "REPO_DIR must name a directory of its own, not '$REPO_DIR'" ;;
+esac
+
+# Flags every gcloud call takes: the zone, and the project only when one was given.
+GCLOUD_FLAGS=(--zone="$ZONE")
+if [[ -n $PROJECT ]]; then
+  GCLOUD_FLAGS+=(--project="$PROJECT")
+fi
+
+# Runs one shell command line on every worker of the TPU at once.
+tpu_ssh_all() {
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_FLAGS[@]}" --worker=all --command="$1"
+}
+
+# REPO_DIR as one word of a command line for the workers' shell: quoted against spaces, with a
+# leading ~/ left bare so that it expands there.
+remote_repo_dir() {
+  if [[ $REPO_DIR == "~/"* ]]; then
+    printf '~/%q' "${REPO_DIR#"~/"}"
+  else
+    printf '%q' "$REPO_DIR"
+  fi
+}
+
+# Run workdirs must be on GCS: every worker of a pod reads and writes the same checkpoints.
+require_bucket() {
+  [[ -n ${BUCKET:-} ]] || die "BUCKET is not set: export BUCKET=gs://<bucket>/<path> (root of the workdirs)"
+  [[ $BUCKET == gs://* ]] || die "BUCKET must be a gs:// path, got '$BUCKET'"
+  BUCKET=${BUCKET%/}
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Trains one stage of the cascade (configs/pretrain_shapes.py) on every worker of $TPU_NAME, as
+# one multi-host JAX program, with checkpoints in $BUCKET/train/STAGE.
+#
+# Usage:
+#   TPU_NAME=my-tpu BUCKET=gs://my-bucket/dreamix launch/finetune.sh STAGE [--config.key=value ...]
+#   e.g. launch/finetune.sh base --config.batch_size=64
+#
+# Environment (defaults in brackets; see common.sh and run.sh):
+#   TPU_NAME  required
+#   BUCKET    required: gs:// root of the workdirs
+#   ZONE      [us-west4-a]
+#   PROJECT   passed as --project only when set [gcloud's default]
+#   REPO_DIR  [~/dreamix_jax]
+#   PYTHON    [python3]
+#   DETACH    1: do not wait for the run [0]
+set -euo pipefail
+here=$(dirname "${BASH_SOURCE[0]}")
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=common.sh
+source "$here/common.sh"
+require_bucket
+
+if (( $# < 1 )); then
+  echo "usage: $(basename "$0") STAGE [--config.key=value ...]" >&2
+  exit 2
+fi
+stage=$1
+shift
+
+# Only train.py reads config.distributed: it starts the multi-host runtime, which a pod needs.
+exec "$here/run.sh" dreamix_jax.train --config "configs/pretrain_shapes.py:$stage" \
+  --workdir "$BUCKET/train/$stage" --config.distributed=true "$@"
