@@ -16,7 +16,7 @@ from configs import cascade as cascade_configs
 from configs import common
 
 # (global batch, steps) per stage of the tiny cascade.
-_BUDGET = {"base": (16, 1000), "tsr": (4, 200), "ssr1": (2, 200), "ssr2": (1, 200)}
+_BUDGET = {"base": (16, 1000), "tsr": (4, 300), "ssr1": (2, 400), "ssr2": (1, 400)}
 
 
 def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:

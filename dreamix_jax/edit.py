@@ -170,18 +170,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 # Command line.
 # ------------------------------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/dreamix.py:<video|image|subject>.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where finetunes and edits are written.")
-
-
 def main(argv: list[str]) -> None:
     del argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    if _CONFIG.value is None or not _WORKDIR.value:
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if config is None or not workdir:
         raise app.UsageError("Give --config (e.g. configs/dreamix.py:video) and --workdir.")
     try:
-        results = run(_CONFIG.value, _WORKDIR.value)
+        results = run(config, workdir)
     except (ValueError, FileNotFoundError) as error:  # bad input: one sentence, no traceback
         raise SystemExit(f"error: {error}") from None
     for result in results:
@@ -189,4 +186,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when this module is the program, so others (the demo) can import it.
+    config_flags.DEFINE_config_file("config", None, "configs/dreamix.py:<video|image|subject>.")
+    flags.DEFINE_string("workdir", None, "Where finetunes and edits are written.")
     app.run(main)
