@@ -249,7 +249,10 @@ def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, 
     lr = peak_lr * lr_multiplier(step, warmup, total, lr_schedule)
     params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
     if ema is not None:
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        # The decay warms up ((1 + step) / (10 + step), capped): a short run's average is not
+        # dominated by the random initial weights it starts from.
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
     return params, opt_state, ema, dict(loss=loss, grad_norm=grad_norm, lr=lr)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs `$PYTHON -m MODULE ARGS...` from $REPO_DIR on every worker of $TPU_NAME at once, each
 # worker logging to $REPO_DIR/logs/worker-<hostname>.log. Processes of an earlier run still
-# holding the TPU are stopped first. finetune.sh, sample.sh and sweep.sh wrap this.
+# holding the TPU are stopped first. finetune.sh and sample.sh wrap this.
 #
 # Usage (the module and its arguments as separate words, quoted as for a local command):
 #   TPU_NAME=my-tpu launch/run.sh dreamix_jax.train --config configs/pretrain_shapes.py:base \

@@ -19,7 +19,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = ["create.sh", "delete.sh", "setup.sh", "run.sh", "finetune.sh", "sample.sh", "sweep.sh"]
+SCRIPTS = ["create.sh", "delete.sh", "setup.sh", "run.sh", "finetune.sh", "sample.sh"]
 BUCKET = "gs://bucket/dreamix"
 GCLOUD_FLAGS = ["--zone=europe-west4-a", "--project=proj"]
 SSH = ["compute", "tpus", "tpu-vm", "ssh", "test-tpu", *GCLOUD_FLAGS, "--worker=all"]
@@ -151,9 +151,6 @@ WRAPPERS = {
     "sample.sh": (["video", PROMPT],
                   ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", f"{BUCKET}/edit",
                    PROMPT]),
-    "sweep.sh": (["lr", PROMPT],
-                 ["dreamix_jax.sweep", "--config", "configs/sweeps/lr.py", "--workdir", f"{BUCKET}/sweeps/lr",
-                  PROMPT]),
 }
 
 
@@ -230,7 +227,7 @@ def test_wrapper_command_runs_on_a_worker(env, script, tmp_path):
     assert (tmp_path / "stop.log").read_text().startswith("pkill -f ")
 
 
-@pytest.mark.parametrize("script", ["finetune.sh", "sample.sh", "sweep.sh"])
+@pytest.mark.parametrize("script", ["finetune.sh", "sample.sh"])
 def test_wrapper_needs_bucket(env, script):
     for bucket in [None, "/local/dir"]:
         if bucket is None:
@@ -243,7 +240,7 @@ def test_wrapper_needs_bucket(env, script):
     assert gcloud_calls(env) == []
 
 
-@pytest.mark.parametrize("script", ["run.sh", "finetune.sh", "sample.sh", "sweep.sh"])
+@pytest.mark.parametrize("script", ["run.sh", "finetune.sh", "sample.sh"])
 def test_missing_argument_is_a_usage_error(env, script):
     result = run_script(env, script, check=False)
     assert result.returncode != 0 and "usage:" in result.stderr
