@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=3)
     parser.add_argument("--s", default="0.6,0.8", help="comma-separated noise strengths")
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=dreamix.FinetuneSettings.lr)
     parser.add_argument("--workdir", default="/tmp/dreamix_ablation")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "ablation.json"))
     args = parser.parse_args()

@@ -52,7 +52,7 @@ class FinetuneSettings:
     prompt: str = "sks"  # the rare-token prompt the input is learned under
     w_video: float = 1.0  # weight of the whole-clip loss
     alpha: float = 1.0  # weight of the independent-frames loss
-    lr: float = 1e-4
+    lr: float = 2e-4
     steps: int = 40
     stages: tuple[str, ...] = ()  # empty: the stages the cascade config marks `finetune`
     seed: int = 0
