@@ -133,8 +133,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     for notice in fit_notices(clip, final):
         log.warning(notice)
     if config.variant == "image":
-        image = cascade.resize_space(cascade.center_crop(jnp.asarray(clip), final.height, final.width),
-                                     final.height, final.width)[0]
+        image = cascade.resize_space(cascade.center_crop(jnp.asarray(clip)[None], final.height, final.width),
+                                     final.height, final.width)[0, 0]
         clip = dreamix.animate(np.asarray(image), config.camera.motion, final.frames, config.camera.amount)
 
     log.info("Finetuning %s.", ", ".join(s.name for s in dreamix.check_finetune(settings, model)) or "nothing")
