@@ -125,10 +125,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
     model = model or pretrained.load(config.weights or pretrained.SHIPPED, make_mesh(config.mesh.shape),
                                      cache_dir=workdir / "prompt_cache")
-    dreamix.check_finetune(settings, model)
     if config.sampling_steps:
         model = dataclasses.replace(model, stages=(dataclasses.replace(model.base, steps=config.sampling_steps),
                                                    *model.stages[1:]))
+    to_tune = dreamix.check_finetune(settings, model)  # unknown stage names stop here, before any training
     final = model.final
     for notice in fit_notices(clip, final):
         log.warning(notice)
@@ -137,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                                      final.height, final.width)[0, 0]
         clip = dreamix.animate(np.asarray(image), config.camera.motion, final.frames, config.camera.amount)
 
-    log.info("Finetuning %s.", ", ".join(s.name for s in dreamix.check_finetune(settings, model)) or "nothing")
+    log.info("Finetuning %s.", ", ".join(s.name for s in to_tune) or "nothing")
     tuned, finetune_record = dreamix.finetune(model, clip, settings, workdir)
     requests = dreamix.grid(prompts, range(config.seed, config.seed + config.num_seeds), [config.s])
     log.info("Sampling %d edit(s) in one batch.", len(requests))
