@@ -8,6 +8,9 @@ sees the same frames as independent images with motion-free captions.
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:ssr1 --workdir /tmp/shapes/ssr1 \
       --config.text_encoder_from=/tmp/shapes/base
+
+`text_encoder_from` may also name a cascade weights file (dreamix_jax/assets/tiny_cascade.npz) to
+retrain an SR stage against the shipped encoder.
 """
 
 import ml_collections
@@ -15,8 +18,10 @@ import ml_collections
 from configs import cascade as cascade_configs
 from configs import common
 
-# (global batch, steps) per stage of the tiny cascade.
-_BUDGET = {"base": (16, 1000), "tsr": (4, 300), "ssr1": (2, 400), "ssr2": (1, 400)}
+# (global batch, steps, training crop) per stage of the tiny cascade. SR stages learn from random
+# (frames, pixels) windows: their job is local, and a window costs 1/8 (tsr) to 1/64 (ssr2) of a clip.
+_BUDGET = {"base": (16, 1000, ()), "tsr": (16, 1500, (8, 8)), "ssr1": (16, 1500, (4, 16)),
+           "ssr2": (16, 1200, (4, 16))}
 
 
 def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
@@ -31,15 +36,16 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train")
     # Sized for 2 CPU cores: the base stage (which also teaches the text encoder) gets most of the
     # compute; SR stages mostly learn to sharpen their conditioning video and converge quickly.
-    batch, steps = _BUDGET[arg.variant]
+    batch, steps, crop = _BUDGET[arg.variant]
     config.batch_size = 4 if arg.smoke else batch  # global
     config.total_steps = 8 if arg.smoke else steps
+    config.train_crop = () if arg.smoke else crop  # () trains on whole clips
     # Mixed objective: w_video · L_video + alpha · L_frames (a weight of 0 skips its program).
     config.w_video = 1.0
     config.alpha = 0.5
     config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
     config.train_text_encoder = arg.variant == "base"
-    config.text_encoder_from = ""  # a base-stage workdir whose encoder an SR stage reads, frozen
+    config.text_encoder_from = ""  # a base-stage workdir (or weights file) whose encoder an SR stage reads, frozen
 
     config.lr = 1e-3
     config.lr_schedule = "cosine"  # or "constant"

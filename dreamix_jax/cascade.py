@@ -202,12 +202,46 @@ def downsample_condition(video: jax.Array, stage: Stage) -> jax.Array:
     return resize_space(video, stage.in_height, stage.in_width, "linear")
 
 
-def training_pair(video: jax.Array, stage: Stage) -> tuple[jax.Array, jax.Array | None]:
-    """Any clip → this stage's target (`degrade` to the stage's size) and, for SR stages, its upsampled condition."""
+def training_pair(video: jax.Array, stage: Stage, crop: tuple[int, int] | None = None,
+                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Any clip → this stage's target (`degrade` to the stage's size) and, for SR stages, its upsampled condition.
+
+    `crop` = (frames, pixels) cuts the same random window (per example, from `key`) out of target and
+    condition after the pair is made, so an SR stage learns its local job from examples many times
+    cheaper than whole clips; windows start on the stage's upsampling grid, as whole clips do.
+    """
     target = degrade(video, stage)
     if not stage.is_sr:
         return target, None
-    return target, upsample_condition(downsample_condition(target, stage), stage)
+    cond = upsample_condition(downsample_condition(target, stage), stage)
+    if crop is None:
+        return target, cond
+    return random_window((target, cond), crop, _window_grid(stage), key)
+
+
+def _window_grid(stage: Stage) -> tuple[int, int, int]:
+    """Strides (frames, rows, columns) on which an SR stage's input samples line up with its output."""
+    return (stage.frames // stage.in_frames, stage.height // stage.in_height, stage.width // stage.in_width)
+
+
+def random_window(videos: Sequence[jax.Array], crop: tuple[int, int], grid: tuple[int, int, int],
+                  key: jax.Array) -> tuple[jax.Array, ...]:
+    """The same random (frames × pixels × pixels) window of each (B, T, H, W, C) video, one per example."""
+    frames, pixels = crop
+    _, t, h, w, _ = videos[0].shape
+    if not (0 < frames <= t and 0 < pixels <= min(h, w)):
+        raise ValueError(f"A training crop of {frames} frames × {pixels} pixels does not fit {t}×{h}×{w} clips.")
+    if frames % grid[0] or pixels % grid[1] or pixels % grid[2]:
+        raise ValueError(f"A training crop of {frames} frames × {pixels} pixels must be a multiple of the stage's "
+                         f"upsampling factors {grid}.")
+    limits = [(size - window) // stride + 1 for size, window, stride in zip((t, h, w), (frames, pixels, pixels), grid)]
+    starts = [jax.random.randint(k, (videos[0].shape[0],), 0, limit) * stride
+              for k, limit, stride in zip(jax.random.split(key, 3), limits, grid)]
+
+    def cut(video, t0, y0, x0):
+        return jax.lax.dynamic_slice(video, (t0, y0, x0, 0), (frames, pixels, pixels, video.shape[-1]))
+
+    return tuple(jax.vmap(cut)(v, *starts) for v in videos)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ shipped default needs nothing but the package.
 
   python -m dreamix_jax.pretrained --out dreamix_jax/assets/tiny_cascade.npz \
       base=/tmp/shapes/base tsr=/tmp/shapes/tsr ssr1=/tmp/shapes/ssr1 ssr2=/tmp/shapes/ssr2
+
+A stage's source may also be an earlier export, to retrain some stages and keep the others
+(`base=dreamix_jax/assets/tiny_cascade.npz`).
 """
 
 import dataclasses
@@ -89,18 +92,28 @@ def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
 
 
 def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: str | os.PathLike) -> pathlib.Path:
-    """Write every stage's U-Net and the base stage's text encoder, with the config, to one `.npz`."""
+    """Write every stage's U-Net and the base stage's text encoder, with the config, to one `.npz`.
+
+    A stage's source is its training workdir, or an earlier export (`.npz`) to carry that stage over.
+    """
     stages = cascade.stages_from_config(cascade_config)
     missing = [s.name for s in stages if s.name not in workdirs]
     if missing:
         raise ValueError(f"No workdir given for stages {missing}; pass name=workdir for every stage.")
     arrays, steps = {}, {}
     for stage in stages:
-        steps[stage.name], weights = latest_weights(workdirs[stage.name])
+        source = workdirs[stage.name]
+        if str(source).endswith(".npz"):  # keep a stage of an earlier export
+            saved, meta = read_file(source)
+            steps[stage.name] = meta["steps"][stage.name]
+            wanted = [stage.name] + (["text_encoder"] if stage.kind == "base" else [])
+            arrays.update({k: v for k, v in saved.items() if k.split("/", 1)[0] in wanted})
+            continue
+        steps[stage.name], weights = latest_weights(source)
         arrays.update(flatten_weights(weights["unet"], stage.name))
         if stage.kind == "base":
             if "text_encoder" not in weights:
-                raise ValueError(f"The base run in {workdirs[stage.name]} did not train a text encoder.")
+                raise ValueError(f"The base run in {source} did not train a text encoder.")
             arrays.update(flatten_weights(weights["text_encoder"], "text_encoder"))
     config = cascade_config.to_dict() if hasattr(cascade_config, "to_dict") else dict(cascade_config)
     meta = dict(config=config, steps=steps)
@@ -151,17 +164,22 @@ def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray]
     return model
 
 
-def load(path: str | os.PathLike = SHIPPED, mesh: Mesh | None = None,
-         cache_dir: str | os.PathLike | None = None) -> Cascade:
-    """Rebuild the cascade a weights file holds (default: the shipped tiny cascade)."""
+def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(weights by name, provenance) of a cascade weights file."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Cascade weights {path} not found; export them with `python -m "
                                 "dreamix_jax.pretrained` or reinstall the package.")
-    mesh = mesh or make_mesh((-1, 1, 1))
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
-    meta = json.loads(str(arrays.pop(_META)))
+    return arrays, json.loads(str(arrays.pop(_META)))
+
+
+def load(path: str | os.PathLike = SHIPPED, mesh: Mesh | None = None,
+         cache_dir: str | os.PathLike | None = None) -> Cascade:
+    """Rebuild the cascade a weights file holds (default: the shipped tiny cascade)."""
+    arrays, meta = read_file(path)
+    mesh = mesh or make_mesh((-1, 1, 1))
     config = _tuples(meta["config"])
     stages = cascade.stages_from_config(config)
     unets = [_filled(lambda s=s: UNet3D(s.unet, rngs=nnx.Rngs(0)), arrays, s.name, mesh) for s in stages]

@@ -122,6 +122,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     paths = tuple(p for p, w in (("video", config.w_video), ("frames", config.alpha)) if w)
     if not paths:
         raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
+    crop = tuple(config.get("train_crop") or ()) or None  # (frames, pixels) windows for SR stages
+    if crop is not None and not stage.is_sr:
+        raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
     per_process = config.batch_size // jax.process_count()
     if per_process * jax.process_count() != config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} does not split over {jax.process_count()} processes.")
@@ -147,7 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     opt_state = _on_mesh(jax.jit(optimizer.init)(params), mesh)
     ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
     make_step = functools.partial(
-        _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, paths=paths, schedule=schedule,
+        _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, crop=crop, paths=paths, schedule=schedule,
         text_dropout=config.text_dropout, warmup=config.warmup_steps, total=config.total_steps,
         lr_schedule=config.lr_schedule, ema_decay=config.ema_decay)
     out_shardings = (*jax.tree.map(lambda x: x.sharding, (params, opt_state, ema)), None)
@@ -234,9 +237,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
-                paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay):
+                crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay):
     """One optimisation step on a raw batch (clips at any size and tokenised captions)."""
-    video, cond = cascade.training_pair(raw["video"], stage)
+    video, cond = cascade.training_pair(raw["video"], stage, crop, jax.random.fold_in(key, 1) if crop else None)
     drop_key, step_key = jax.random.split(key)
     batch = dict(video=video, text=raw["caption_ids"], text_mask=drop_text(raw["caption_mask"], drop_key, text_dropout),
                  frames_text=raw["image_caption_ids"],
@@ -276,13 +279,18 @@ def _compiled(make_step: functools.partial, out_shardings, args) -> tuple[Any, f
     return _COMPILED[key]
 
 
-def load_text_encoder(workdir: str, model: TextToVideo) -> nnx.State:
-    """The text encoder (EMA when kept) of a base-stage `workdir`'s latest checkpoint, sharded like `model`'s."""
-    _, saved = pretrained.latest_weights(workdir)
-    if "text_encoder" not in saved:
-        raise ValueError(f"The checkpoint in {workdir} did not train a text encoder (train_text_encoder was off).")
+def load_text_encoder(source: str, model: TextToVideo) -> nnx.State:
+    """The text encoder of a cascade weights file (`.npz`) or of a base-stage workdir's latest checkpoint
+    (EMA when kept), sharded like `model`'s."""
+    if source.endswith(".npz"):
+        arrays, _ = pretrained.read_file(source)
+    else:
+        _, saved = pretrained.latest_weights(source)
+        if "text_encoder" not in saved:
+            raise ValueError(f"The checkpoint in {source} did not train a text encoder (train_text_encoder was off).")
+        arrays = pretrained.flatten_weights(saved["text_encoder"], "text_encoder")
     state = nnx.state(model.text_encoder, nnx.Param)
-    pretrained.fill(state, pretrained.flatten_weights(saved["text_encoder"], "text_encoder"), "text_encoder")
+    pretrained.fill(state, arrays, "text_encoder")
     return state
 
 

@@ -133,6 +133,33 @@ def test_temporal_round_trip_is_close():
     np.testing.assert_array_equal(np.asarray(back[:, -1]), np.asarray(down[:, -1]))  # held, not extrapolated
 
 
+def test_training_crops_are_aligned_windows_of_the_whole_pair(tiny):
+    stages, _ = tiny
+    clips = jnp.asarray(smooth_video(6, 16, 64, 64))
+    for stage, crop in ((stages[1], (8, 8)), (stages[3], (4, 16))):
+        target, cond = cascade.training_pair(clips, stage)
+        small_target, small_cond = cascade.training_pair(clips, stage, crop, jax.random.key(3))
+        grid = (stage.frames // stage.in_frames, stage.height // stage.in_height, stage.width // stage.in_width)
+        starts = set()
+        for i in range(clips.shape[0]):
+            # Find the window in the whole target; the condition must be cut at the same place.
+            frames, pixels = crop
+            matches = [(t, y, x) for t in range(0, stage.frames - frames + 1, grid[0])
+                       for y in range(0, stage.height - pixels + 1, grid[1])
+                       for x in range(0, stage.width - pixels + 1, grid[2])
+                       if np.array_equal(target[i, t:t + frames, y:y + pixels, x:x + pixels], small_target[i])]
+            assert len(matches) == 1, stage.name
+            t, y, x = matches[0]
+            np.testing.assert_array_equal(np.asarray(small_cond[i]),
+                                          np.asarray(cond[i, t:t + frames, y:y + pixels, x:x + pixels]))
+            starts.add(matches[0])
+        assert len(starts) > 1  # one window per example, not one per batch
+    with pytest.raises(ValueError, match="multiple of the stage's upsampling factors"):
+        cascade.training_pair(clips, stages[1], (7, 8), jax.random.key(0))
+    with pytest.raises(ValueError, match="does not fit"):
+        cascade.training_pair(clips, stages[3], (4, 128), jax.random.key(0))
+
+
 @pytest.mark.parametrize("shape", [(37, 50, 90), (3, 8, 8), (16, 120, 40), (8, 16, 16)])
 def test_degrade_matches_the_base_stage(tiny, shape):
     base = tiny[0][0]

@@ -30,3 +30,15 @@ def test_a_file_for_another_config_is_refused(tmp_path):
         pretrained.load(tmp_path / "partial.npz")
     with pytest.raises(FileNotFoundError, match="not found"):
         pretrained.load(tmp_path / "missing.npz")
+
+
+def test_export_carries_stages_over_from_an_earlier_export(tmp_path):
+    config = cascade_configs.get_config("tiny")
+    out = pretrained.export(config, {name: str(pretrained.SHIPPED) for name in config.stage_order},
+                            tmp_path / "again.npz")
+    carried, carried_meta = pretrained.read_file(out)
+    shipped, shipped_meta = pretrained.read_file(pretrained.SHIPPED)
+    assert carried_meta == shipped_meta
+    assert carried.keys() == shipped.keys()
+    for name, value in shipped.items():
+        np.testing.assert_array_equal(carried[name], value, err_msg=name)

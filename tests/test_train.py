@@ -93,3 +93,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
     logs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert manager.latest_step() == logs[-1]["step"] and all(np.isfinite(m["loss"]) for m in logs)
+
+
+def test_training_crops_are_for_sr_stages_only(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="train_crop applies to SR stages only"):
+        train.train(smoke_config(data_dir, train_crop=(2, 8)), str(tmp_path / "crop"))
