@@ -79,14 +79,21 @@ def flatten_weights(tree: Mapping[str, Any], prefix: str) -> dict[str, np.ndarra
 
 
 def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
-    """(step, weights) of a training workdir's latest checkpoint: the EMA copy if the run kept one."""
+    """(step, weights) of a training workdir's latest checkpoint: the EMA copy if the run kept one.
+
+    The arrays land on this process's first device, whatever mesh or pod trained them.
+    """
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",))
+    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",),
+                                    item_handlers=dict(state=ocp.StandardCheckpointHandler()))
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints; train that stage there first.")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                            manager.item_metadata(step)["state"])
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     manager.close()
     return step, restored.get("ema") or restored["params"]
 

@@ -44,6 +44,11 @@ def test_loader_shards_per_process_deterministically(data_dir):
     flat = lambda batches: [s for b in batches for s in b]  # noqa: E731
     assert set(flat(first)).isdisjoint(flat(second))
     assert sorted(flat(first) + flat(second)) == sorted(flat(one))
+    # Two processes' batches of 2 are the two halves of one process's batches of 4.
+    whole = [b["seed"].tolist() for b in loader.make_loader(shapes_video.source(data_dir, "train", "smoke"),
+                                                             batch_size=4, num_epochs=1, seed=0, shard_index=0,
+                                                             shard_count=1)]
+    assert whole == [a + b for a, b in zip(first, second, strict=True)] and len(whole) == 4
 
 
 def test_loader_decodes_tokenizes_and_resumes(data_dir):

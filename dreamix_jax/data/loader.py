@@ -29,6 +29,23 @@ class Decode(grain.transforms.Map):
         return out
 
 
+class RowsOfGlobalBatches:
+    """A sampler: this process's rows of every global batch drawn from `global_order`."""
+
+    def __init__(self, global_order: grain.samplers.IndexSampler, shard_index: int, shard_count: int,
+                 batch_size: int):
+        self._order, self._index, self._count, self._batch = global_order, shard_index, shard_count, batch_size
+
+    def __repr__(self) -> str:  # grain checks a restored iterator's sampler by its repr
+        return (f"RowsOfGlobalBatches({self._order!r}, shard_index={self._index}, shard_count={self._count}, "
+                f"batch_size={self._batch})")
+
+    def __getitem__(self, position: int) -> grain.RecordMetadata:
+        batch, row = divmod(position, self._batch)
+        record = self._order[(batch * self._count + self._index) * self._batch + row]  # IndexError ends an epoch
+        return grain.RecordMetadata(index=position, record_key=record.record_key, rng=record.rng)
+
+
 def make_loader(
     source,
     *,
@@ -42,16 +59,18 @@ def make_loader(
 ) -> grain.DataLoader:
     """A loader over `source` yielding this process's batches of `batch_size` examples.
 
-    Each process reads only its shard (default: this JAX process of all of them); the order is
-    fixed by `seed`, so a run restarted with the same seed and iterator state sees the same data.
+    Process i of n (default: this JAX process) reads only rows [i·b, (i+1)·b) of each global batch
+    of n·b examples, whose order is fixed by `seed` alone: the global batches are the same on any
+    number of processes, and a run restarted with the same seed and iterator state sees the same data.
     """
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
     if len(source) < shard_count * batch_size:
         raise ValueError(f"{len(source)} examples cannot fill a batch of {batch_size} on each of "
                          f"{shard_count} processes; build a larger dataset or lower the batch size.")
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shuffle=True, seed=seed, num_epochs=num_epochs,
-        shard_options=grain.sharding.ShardOptions(shard_index, shard_count, drop_remainder=True))
+    global_order = grain.samplers.IndexSampler(num_records=len(source), shuffle=True, seed=seed,
+                                               num_epochs=num_epochs, shard_options=grain.sharding.NoSharding())
+    sampler = RowsOfGlobalBatches(global_order, shard_index, shard_count, batch_size)
     operations = [Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0)
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0,
+                            shard_options=grain.sharding.NoSharding())  # the sampler picks this process's rows
