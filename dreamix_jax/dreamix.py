@@ -15,6 +15,7 @@ Composes the existing pieces and owns no layers:
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -93,14 +94,24 @@ def check_finetune(settings: FinetuneSettings, cascade_: Cascade) -> tuple[casca
 # ------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _finetune_step(graphdef: nnx.GraphDef, paths: tuple[str, ...], schedule, cond_aug_max: float):
+    """The jitted finetuning step and its optimizer; lr and the loss weights are traced, so every
+    trial of a sweep with the same stage and objective paths shares one program."""
+    optimizer = objective.make_optimizer()
+    step = jax.jit(objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
+                                             cond_aug_max=cond_aug_max), donate_argnums=(0, 1))
+    return step, optimizer
+
+
 def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text: np.ndarray, mask: np.ndarray,
-                   settings: FinetuneSettings, schedule, *, progress: bool = True) -> tuple[nnx.Module, list[float]]:
-    """A finetuned copy of one stage's U-Net (the given one is left as it is) and its losses per step."""
+                   settings: FinetuneSettings, schedule, *, progress: bool = True,
+                   keep_at: Sequence[int] = ()) -> tuple[nnx.Module, list[float], dict[int, nnx.Module]]:
+    """A finetuned copy of one stage's U-Net (the given one is left as it is), its losses per step,
+    and copies after each step count in `keep_at` (one run serves several step counts)."""
     graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
     params = jax.tree.map(jnp.copy, params)  # the step donates its weights; the pretrained ones stay
-    optimizer = objective.make_optimizer()
-    step = jax.jit(objective.make_train_step(graphdef, optimizer, paths=settings.paths, schedule=schedule,
-                                             cond_aug_max=stage.train_cond_aug), donate_argnums=(0, 1))
+    step, optimizer = _finetune_step(graphdef, settings.paths, schedule, stage.train_cond_aug)
     target, cond = cascade.training_pair(clip[None], stage)
     batch = dict(video=target, text=jnp.asarray(text), text_mask=jnp.asarray(mask))
     if cond is not None:
@@ -108,7 +119,7 @@ def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text
     opt_state = optimizer.init(params)
     weights = jnp.asarray([settings.w_video, settings.alpha], jnp.float32)
     key = jax.random.fold_in(jax.random.key(settings.seed), len(stage.name))
-    losses = []
+    losses, kept = [], {}
     bar = tqdm.tqdm(range(settings.steps), desc=f"finetune {stage.name}", disable=not progress, unit="step")
     for i in bar:
         params, opt_state, loss, _ = step(params, opt_state, rest, batch, jax.random.fold_in(key, i), weights,
@@ -117,8 +128,10 @@ def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text
         if not np.isfinite(losses[-1]):
             raise FloatingPointError(f"Finetuning {stage.name} reached a loss of {losses[-1]} at step {i + 1}; "
                                      "lower the learning rate.")
+        if i + 1 in keep_at:
+            kept[i + 1] = nnx.merge(graphdef, jax.tree.map(jnp.copy, params), rest)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    return nnx.merge(graphdef, params, rest), losses
+    return nnx.merge(graphdef, params, rest), losses, kept
 
 
 def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade) -> str:
@@ -148,18 +161,27 @@ def _load_params(path: pathlib.Path, unet: nnx.Module) -> nnx.Module:
 
 
 def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
-             workdir: str | os.PathLike | None = None, *, progress: bool = True) -> tuple[Cascade, dict[str, Any]]:
+             workdir: str | os.PathLike | None = None, *, progress: bool = True,
+             also_at: Sequence[int] = ()) -> tuple[Cascade, dict[str, Any]]:
     """The cascade with its chosen stages finetuned on `clip` (T, H, W, 3); reused from `workdir` if stored there.
 
     Returns it and a record: the key, whether it was reused, the losses and seconds per stage.
+    With a workdir, `also_at` (step counts below `settings.steps`) stores the finetunes those
+    shorter runs would give, from the same run: each is exactly that run, since the steps are
+    keyed by their index and the learning rate is constant.
     """
+    if any(not 0 < k < settings.steps for k in also_at):
+        raise ValueError(f"also_at {tuple(also_at)} must lie strictly between 0 and steps ({settings.steps}).")
     stages = check_finetune(settings, cascade_)
     key = finetune_key(clip, settings, cascade_)
     record: dict[str, Any] = dict(key=key, settings=dataclasses.asdict(settings), reused=False, stages={})
     if not settings.steps or not stages:
         return cascade_, record
     folder = pathlib.Path(workdir, "finetunes", key) if workdir else None
-    if folder is not None and (folder / "finetune.json").is_file():
+    shorter = {k: dataclasses.replace(settings, steps=k) for k in also_at}
+    stored = lambda f: (f / "finetune.json").is_file()  # noqa: E731
+    if folder is not None and stored(folder) and all(stored(folder.parent / finetune_key(clip, short, cascade_))
+                                                     for short in shorter.values()):
         unets = list(cascade_.unets)
         for i, stage in enumerate(cascade_.stages):
             if stage in stages:
@@ -169,22 +191,40 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
 
     text, mask = cascade_.text([settings.prompt])
     unets = list(cascade_.unets)
+    shorter = {k: (short, list(cascade_.unets), {}) for k, short in shorter.items()}
     for i, stage in enumerate(cascade_.stages):
         if stage not in stages:
             continue
         start = time.perf_counter()
-        unets[i], losses = finetune_stage(unets[i], stage, jnp.asarray(clip), text, mask, settings,
-                                          cascade_.schedule, progress=progress)
-        record["stages"][stage.name] = dict(first_loss=losses[0], last_loss=losses[-1],
-                                            mean_loss_last_10=float(np.mean(losses[-10:])),
-                                            seconds=round(time.perf_counter() - start, 2))
+        unets[i], losses, kept = finetune_stage(unets[i], stage, jnp.asarray(clip), text, mask, settings,
+                                                cascade_.schedule, progress=progress, keep_at=tuple(also_at))
+        seconds = time.perf_counter() - start
+        record["stages"][stage.name] = _stage_record(losses, seconds)
+        for k, (_, short_unets, short_stages) in shorter.items():
+            short_unets[i] = kept[k]
+            short_stages[stage.name] = _stage_record(losses[:k], seconds * k / settings.steps)
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, stage in enumerate(cascade_.stages):
-            if stage in stages:
-                _save_params(folder / f"{stage.name}.npz", unets[i])
-        (folder / "finetune.json").write_text(json.dumps(record, indent=2))  # written last: marks it complete
+        _store(folder, cascade_.stages, stages, unets, record)
+        for k, (short, short_unets, short_stages) in shorter.items():
+            short_key = finetune_key(clip, short, cascade_)
+            _store(folder.parent / short_key, cascade_.stages, stages, short_unets,
+                   dict(key=short_key, settings=dataclasses.asdict(short), reused=False, stages=short_stages,
+                        kept_from=key))
     return cascade_.with_unets(unets), record
+
+
+def _stage_record(losses: list[float], seconds: float) -> dict[str, float]:
+    return dict(first_loss=losses[0], last_loss=losses[-1], mean_loss_last_10=float(np.mean(losses[-10:])),
+                seconds=round(seconds, 2))
+
+
+def _store(folder: pathlib.Path, all_stages, tuned_stages, unets, record: dict[str, Any]) -> None:
+    """Write a finetune's weights, then its record, which marks it complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stage, unet in zip(all_stages, unets, strict=True):
+        if stage in tuned_stages:
+            _save_params(folder / f"{stage.name}.npz", unet)
+    (folder / "finetune.json").write_text(json.dumps(record, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -207,12 +247,17 @@ def grid(prompts: Sequence[str], seeds: Sequence[int], s_values: Sequence[float]
 
 
 def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequest], *,
-         guidance: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+         guidance: float | Sequence[float] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Edit `clip` (T, H, W, 3) in [-1, 1] once per request, in one batch → ((N, T', H', W', 3), seconds per stage).
 
     `clip=None` samples from pure noise (every `s` must then be 1). `guidance` overrides the base
-    stage's weight.
+    stage's weight, for all requests or one weight per request (traced: any weights share a program).
     """
+    if guidance is not None and not isinstance(guidance, (int, float)):
+        guidance = jnp.asarray(guidance, jnp.float32)
+        if guidance.shape != (len(requests),):
+            raise ValueError(f"{guidance.shape[0] if guidance.ndim else 1} guidance weights were given for "
+                             f"{len(requests)} requests.")
     check_edit_args([r.prompt for r in requests], [r.s for r in requests])
     if clip is None and any(r.s != 1.0 for r in requests):
         raise ValueError("Without an input video every edit starts from pure noise; use s=1.")

@@ -98,6 +98,13 @@ def finetune_settings(config: ml_collections.ConfigDict) -> dreamix.FinetuneSett
                                     stages=stages, seed=ft.seed)
 
 
+def with_sampling_steps(model: pretrained.Cascade, steps: int) -> pretrained.Cascade:
+    """The cascade with its base stage sampled in `steps` DDIM steps (0 keeps its own)."""
+    if not steps:
+        return model
+    return dataclasses.replace(model, stages=(dataclasses.replace(model.base, steps=steps), *model.stages[1:]))
+
+
 # ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
@@ -125,9 +132,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
     model = model or pretrained.load(config.weights or pretrained.SHIPPED, make_mesh(config.mesh.shape),
                                      cache_dir=workdir / "prompt_cache")
-    if config.sampling_steps:
-        model = dataclasses.replace(model, stages=(dataclasses.replace(model.base, steps=config.sampling_steps),
-                                                   *model.stages[1:]))
+    model = with_sampling_steps(model, config.sampling_steps)
     to_tune = dreamix.check_finetune(settings, model)  # unknown stage names stop here, before any training
     final = model.final
     for notice in fit_notices(clip, final):

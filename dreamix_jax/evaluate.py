@@ -1,9 +1,12 @@
-"""Scoring edits without people: an attribute detector for synthetic-shape clips.
+"""Scoring edits without people: an attribute detector for synthetic-shape clips, and model-free measures.
 
 `detect` reads colour, shape, motion direction, background, size and track back from any clip of
 one shape on a plain background (a rendered one, or one a model made). It uses no learned
 weights: the background is the median border colour, the shape is whatever differs from it, and
-the attributes are measured on that mask.
+the attributes are measured on that mask. `edit_scores` turns detections into an edit's
+alignment (the prompt's attributes are there) and fidelity (what the prompt does not name, size
+and start position, is kept). `psnr`, `ssim` and `frame_consistency` need no detector and score
+edits of any video.
 """
 
 import dataclasses
@@ -83,3 +86,60 @@ def attribute_accuracy(detections: list[Detection], truths: list[synthetic.Attri
     names = ("color", "shape", "direction", "background", "size")
     return {n: float(np.mean([getattr(d, n) == getattr(t, n) for d, t in zip(detections, truths, strict=True)]))
             for n in names}
+
+
+# ------------------------------------------------------------------------------------------------
+# Edits: alignment and fidelity (synthetic domain), and model-free measures (any video).
+# ------------------------------------------------------------------------------------------------
+
+START_TOLERANCE = 0.1  # a start position within this fraction of the frame counts as kept
+
+
+def edit_scores(output: np.ndarray, source: np.ndarray, prompt: str) -> dict[str, float] | None:
+    """Alignment (share of the prompt's four attributes the output shows) and fidelity (share of size
+    and start position kept from the source) of one edit; None when the prompt is not a caption."""
+    wanted = synthetic.parse_caption(prompt)
+    if wanted is None:
+        return None
+    found, original = detect(output), detect(source)
+    alignment = np.mean([getattr(found, name) == value for name, value in wanted.items()])
+    start_kept = bool(np.all(np.abs(np.asarray(found.start) - np.asarray(original.start)) <= START_TOLERANCE))
+    fidelity = np.mean([found.size == original.size, start_kept])
+    return dict(alignment=float(alignment), fidelity=float(fidelity))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio in dB of two clips in [-1, 1] (inf when equal)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+
+
+def _blur(x: np.ndarray, sigma: float = 1.5, radius: int = 3) -> np.ndarray:
+    """Gaussian blur over the two axes before the last of (..., H, W, C), edges reflected."""
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (-3, -2):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(x, pad, mode="reflect")
+        x = sum(w * np.take(padded, range(i, i + x.shape[axis]), axis=axis) for i, w in enumerate(taps))
+    return x
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
+    """Mean structural similarity (Gaussian window σ = 1.5, per channel) of two images or clips (..., H, W, C)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _blur(a), _blur(b)
+    var_a, var_b = _blur(a * a) - mu_a**2, _blur(b * b) - mu_b**2
+    cov = _blur(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
+
+
+def frame_consistency(clip: np.ndarray) -> float:
+    """Mean SSIM of consecutive frames of a clip (T, H, W, C): 1 for a still clip, low for flicker."""
+    clip = np.asarray(clip)
+    if clip.shape[0] < 2:
+        return 1.0
+    return ssim(clip[:-1], clip[1:])

@@ -63,6 +63,22 @@ class Attributes:
         return np.asarray(self.start) + np.arange(frames)[:, None] * step
 
 
+def parse_caption(caption: str) -> dict[str, str] | None:
+    """The captioned attributes (color, shape, direction, background) of a caption in this
+    dataset's grammar, or None for any other text."""
+    words = caption.strip().lower().rstrip(".").split()
+    if len(words) < 8 or words[0] != "a" or words[-3:-2] != ["a"] or words[-1] != "background":
+        return None
+    color, shape, motion, background = words[1], words[2], words[3:-4], words[-2]
+    direction = {("standing", "still"): "still"}.get(tuple(motion))
+    if len(motion) == 2 and motion[0] == "moving" and motion[1] in _VELOCITY and motion[1] != "still":
+        direction = motion[1]
+    if (color not in COLORS or shape not in SHAPES or background not in BACKGROUNDS or direction is None
+            or words[-4:-3] != ["on"]):
+        return None
+    return dict(color=color, shape=shape, direction=direction, background=background)
+
+
 def sample_attributes(seed: int, *, held_out: bool | None = False) -> Attributes:
     """Attributes drawn from `seed`: held_out=False avoids the held-out pairs, True draws only them, None either."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,1 @@
+"""Sweep configs: each holds the edit config it sweeps and the value lists of its trials."""

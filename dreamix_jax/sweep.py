@@ -1,0 +1,396 @@
+r"""Resumable sweeps over Dreamix's finetuning and sampling settings, with a visual report.
+
+  python -m dreamix_jax.sweep --config configs/sweeps/shapes_edit.py --workdir /tmp/sweep
+
+A sweep config (configs/sweeps/) holds the edit config it sweeps (`config.edit`: input, weights,
+defaults) and two sections of value lists: `finetune` (lr, alpha, w_video, steps, seed) and
+`sample` (s, guidance, seed, prompt). `mode` "grid" takes every combination of a section's lists,
+"list" pairs them up (lists of one length). A trial is one finetuning setting with one sampling
+setting.
+
+How the work is shared:
+- Finetuning settings that differ only in `steps` are one run, stored at each step count.
+  Every trial reuses one compiled step per stage and objective (lr and α are traced).
+- The sampling settings of one finetuned cascade run in batches of `batch_size` (the last one
+  padded), so sampling compiles exactly once per stage: s, guidance, seed and prompt are data.
+
+The workdir holds `manifest.json` (finished trials, rewritten atomically after every batch),
+`finetunes/` (shared with `dreamix_jax.edit`), `trials/<id>/{video.mp4, thumb.gif}` and
+`report.html` with its `fidelity_alignment.png`. Running again skips finished trials, so an
+interrupted sweep loses at most the batch in flight. Edits of synthetic clips (prompts in the
+dataset's caption grammar) are scored by the attribute detector; every edit also gets model-free
+scores (PSNR and SSIM of its degraded output against the degraded input, frame consistency).
+Sweeps run on one host.
+"""
+
+import collections
+import dataclasses
+import hashlib
+import html
+import itertools
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from dreamix_jax import cascade, dreamix, edit, evaluate, pretrained
+from dreamix_jax.data import video_io
+from dreamix_jax.sharding import make_mesh
+
+log = logging.getLogger(__name__)
+
+FINETUNE_KEYS = ("lr", "alpha", "w_video", "steps", "seed")
+SAMPLE_KEYS = ("s", "guidance", "seed", "prompt")
+MODES = ("grid", "list")
+
+
+# ------------------------------------------------------------------------------------------------
+# Trials.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One finetuning setting and one sampling setting."""
+
+    finetune: dreamix.FinetuneSettings
+    request: dreamix.EditRequest
+    guidance: float
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(finetune=dataclasses.asdict(self.finetune), sample=dict(
+            prompt=self.request.prompt, seed=self.request.seed, s=self.request.s, guidance=self.guidance))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def combinations(section: Mapping[str, Sequence[Any]], keys: Sequence[str], mode: str,
+                 name: str) -> list[dict[str, Any]]:
+    """The settings a section of value lists stands for: every combination ("grid") or paired ("list")."""
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        raise ValueError(f"Unknown {name} settings {unknown}; a sweep varies {list(keys)}.")
+    if mode not in MODES:
+        raise ValueError(f"Unknown sweep mode {mode!r}; choose one of {MODES}.")
+    lists = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in section.items()}
+    empty = [k for k, v in lists.items() if not v]
+    if empty:
+        raise ValueError(f"The {name} setting {empty[0]!r} has no values.")
+    if mode == "grid":
+        return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
+    lengths = {len(v) for v in lists.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"In list mode every {name} list must have one length; got {sorted(lengths)}.")
+    return [dict(zip(lists, values)) for values in zip(*lists.values())]
+
+
+def trials_of(config: ml_collections.ConfigDict, model: pretrained.Cascade) -> list[Trial]:
+    """Every trial of a sweep config, finetuning settings outermost; checked before any compute."""
+    base_settings = edit.finetune_settings(config.edit)
+    default_prompts = [p.strip() for p in config.edit.prompt.split(";") if p.strip()]
+    trials = []
+    for tune in combinations(config.finetune, FINETUNE_KEYS, config.mode, "finetune"):
+        settings = dataclasses.replace(base_settings, **tune)
+        dreamix.check_finetune(settings, model)
+        for sample in combinations(config.sample, SAMPLE_KEYS, config.mode, "sample"):
+            prompts = [sample["prompt"]] if "prompt" in sample else default_prompts
+            request_args = dict(seed=sample.get("seed", config.edit.seed), s=sample.get("s", config.edit.s))
+            dreamix.check_edit_args(prompts, [request_args["s"]])
+            guidance = float(sample.get("guidance", config.edit.guidance or model.base.guidance))
+            trials += [Trial(settings, dreamix.EditRequest(p, **request_args), guidance) for p in prompts]
+    ids = [t.id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ValueError("The sweep lists the same trial twice; remove the repeated values.")
+    return trials
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[tuple[list[Any], int]]:
+    """Consecutive batches of exactly `size` (the last padded with its last item) and how many are real."""
+    for start in range(0, len(items), size):
+        chunk = list(items[start:start + size])
+        yield chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compile counting (what the one-compile-per-stage promise is checked with).
+# ------------------------------------------------------------------------------------------------
+
+_COMPILES = collections.Counter()
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == _COMPILE_EVENT:
+        _COMPILES["backend"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def compile_count() -> int:
+    """XLA backend compilations in this process so far (persistent-cache hits are not compilations)."""
+    return _COMPILES["backend"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs: atomic files, the manifest, scores.
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_manifest(workdir: pathlib.Path) -> dict[str, Any]:
+    """Finished trials by id (empty for a new sweep)."""
+    path = workdir / "manifest.json"
+    return json.loads(path.read_text())["trials"] if path.is_file() else {}
+
+
+def _score(output: np.ndarray, source: np.ndarray, prompt: str, model: pretrained.Cascade) -> dict[str, float]:
+    """Detector scores where the prompt is a synthetic caption, and model-free scores always."""
+    shrink = lambda clip: np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.base)[0])  # noqa: E731
+    small_output, small_source = shrink(output), shrink(source)
+    scores = dict(psnr=round(evaluate.psnr(small_output, small_source), 3),
+                  ssim=round(evaluate.ssim(small_output, small_source), 4),
+                  consistency=round(evaluate.frame_consistency(output), 4))
+    return {**(evaluate.edit_scores(output, source, prompt) or {}), **scores}
+
+
+def _caption(trial: Trial) -> str:
+    tune = trial.finetune
+    return (f"lr {tune.lr:g} a {tune.alpha:g} w {tune.w_video:g} {tune.steps} st | s {trial.request.s:g} "
+            f"g {trial.guidance:g} seed {trial.request.seed}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The sweep.
+# ------------------------------------------------------------------------------------------------
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pretrained.Cascade | None = None,
+        on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the trials the manifest does not hold yet, then write the report; returns the manifest."""
+    started, compiles_before = time.perf_counter(), compile_count()
+    workdir = pathlib.Path(workdir)
+    if config.edit.variant != "video":
+        raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size is {config.batch_size}; use at least 1.")
+    model = edit.with_sampling_steps(
+        model or pretrained.load(config.edit.weights or pretrained.SHIPPED, make_mesh(config.edit.mesh.shape),
+                                 cache_dir=workdir / "prompt_cache"), config.edit.sampling_steps)
+    trials = trials_of(config, model)
+    clip, _, source_path = edit.read_input(config.edit)
+    for notice in edit.fit_notices(clip, model.final):
+        log.warning(notice)
+    source = np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.final)[0])
+    done = read_manifest(workdir)
+    pending = [t for t in trials if t.id not in done]
+    log.info("%d trials, %d finished earlier, %d to run.", len(trials), len(trials) - len(pending), len(pending))
+    video_io.write_video(workdir / "input.gif", video_io.to_uint8(source), model.final.fps, scale=2)
+
+    # One batch shape for the whole sweep (fixed by the full trial list, so a resumed run keeps it).
+    batch_size = min(config.batch_size, max(collections.Counter(t.finetune for t in trials).values()))
+    groups: dict[dreamix.FinetuneSettings, list[Trial]] = collections.defaultdict(list)
+    for trial in pending:  # finetuning settings that differ only in steps are one run
+        groups[dataclasses.replace(trial.finetune, steps=0)].append(trial)
+
+    batch_index = 0
+    for group in groups.values():
+        counts = sorted({t.finetune.steps for t in group})
+        longest = dataclasses.replace(group[0].finetune, steps=counts[-1])
+        if counts[-1]:
+            dreamix.finetune(model, clip, longest, workdir, also_at=[k for k in counts[:-1] if k])
+        for steps in counts:
+            settings = dataclasses.replace(longest, steps=steps)
+            tuned, record = dreamix.finetune(model, clip, settings, workdir)  # stored above: loaded, not trained
+            todo = [t for t in group if t.finetune.steps == steps]
+            for padded, real in batches(todo, batch_size):
+                videos, seconds = dreamix.edit(tuned, clip, [t.request for t in padded],
+                                               guidance=[t.guidance for t in padded])
+                for trial, video in zip(padded[:real], videos[:real], strict=True):
+                    folder = workdir / "trials" / trial.id
+                    video_io.write_video(folder / "video.mp4", video, model.final.fps)
+                    thumb = np.stack([video_io.label(f, _caption(trial)[:26]) for f in video_io.to_uint8(video)])
+                    video_io.write_video(folder / "thumb.gif", thumb, model.final.fps, scale=1)
+                    done[trial.id] = dict(settings=trial.settings, scores=_score(video, source, trial.request.prompt,
+                                                                                model),
+                                          finetune_key=record["key"], video=f"trials/{trial.id}/video.mp4",
+                                          thumb=f"trials/{trial.id}/thumb.gif", batch_seconds=seconds)
+                _write_text(workdir / "manifest.json", json.dumps(dict(trials=done), indent=1))
+                batch_index += 1
+                log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
+                if on_batch is not None:
+                    on_batch(batch_index)
+
+    finished = {t.id: done[t.id] for t in trials}
+    summary = dict(trials=len(trials), ran=len(pending), batch_size=batch_size, batches=batch_index,
+                   compiles=compile_count() - compiles_before, seconds=round(time.perf_counter() - started, 1),
+                   input=source_path)
+    write_report(workdir, config, trials, finished, summary)
+    _write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    return finished
+
+
+# ------------------------------------------------------------------------------------------------
+# The report.
+# ------------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def write_plot(path: pathlib.Path, trials: Sequence[Trial], results: Mapping[str, Any]) -> pathlib.Path:
+    """Fidelity against alignment (detector scores; SSIM and frame consistency where there are none),
+    averaged over seeds and prompts, one line per α through the values of s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    synthetic = all("alignment" in results[t.id]["scores"] for t in trials)
+    x_name, y_name = ("fidelity", "alignment") if synthetic else ("ssim", "consistency")
+    points: dict[float, dict[float, list[tuple[float, float]]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list))
+    for t in trials:
+        scores = results[t.id]["scores"]
+        points[t.finetune.alpha][t.request.s].append((scores[x_name], scores[y_name]))
+    figure, axes = plt.subplots(figsize=(5.5, 4.2), dpi=100)
+    for alpha, by_s in sorted(points.items()):
+        s_values = sorted(by_s)
+        xs = [_mean([p[0] for p in by_s[s]]) for s in s_values]
+        ys = [_mean([p[1] for p in by_s[s]]) for s in s_values]
+        axes.plot(xs, ys, marker="o", label=f"α = {alpha:g}")
+        for x, y, s in zip(xs, ys, s_values, strict=True):
+            axes.annotate(f"s={s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xlabel(f"{x_name} (mean over seeds and prompts)")
+    axes.set_ylabel(y_name)
+    if synthetic:
+        axes.set_xlim(-0.05, 1.05)
+        axes.set_ylim(-0.05, 1.05)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, trials: Sequence[Trial],
+                 results: Mapping[str, Any], summary: Mapping[str, Any]) -> pathlib.Path:
+    """`report.html`: the plot, a contact sheet (finetuning settings × sampling settings) and the metric table."""
+    plot = write_plot(workdir / "fidelity_alignment.png", trials, results)
+    esc = html.escape
+    rows = list(dict.fromkeys(json.dumps(t.settings["finetune"], sort_keys=True) for t in trials))
+    columns = list(dict.fromkeys(json.dumps(t.settings["sample"], sort_keys=True) for t in trials))
+    cell = {(json.dumps(t.settings["finetune"], sort_keys=True), json.dumps(t.settings["sample"], sort_keys=True)): t
+            for t in trials}
+    metric_names = list(dict.fromkeys(k for t in trials for k in results[t.id]["scores"]))
+
+    def describe(settings: str, keys: Sequence[str]) -> str:
+        values = json.loads(settings)
+        return "<br>".join(f"{k} {esc(str(values[k]))}" for k in keys)
+
+    sheet = ["<table class=sheet><tr><th>finetune \\ sample</th>"]
+    sheet += [f"<th>{describe(c, ('prompt', 's', 'guidance', 'seed'))}</th>" for c in columns]
+    sheet.append("</tr>")
+    for r in rows:
+        sheet.append(f"<tr><th>{describe(r, ('lr', 'alpha', 'w_video', 'steps'))}</th>")
+        for c in columns:
+            t = cell.get((r, c))
+            if t is None:
+                sheet.append("<td></td>")
+                continue
+            scores = results[t.id]["scores"]
+            shown = " · ".join(f"{k} {scores[k]:.2f}" for k in ("alignment", "fidelity", "ssim") if k in scores)
+            sheet.append(f"<td><img src='{results[t.id]['thumb']}' width=128><br><small>{esc(shown)}</small></td>")
+        sheet.append("</tr>")
+    sheet.append("</table>")
+
+    head = ["trial", "lr", "α", "w_video", "steps", "prompt", "s", "guidance", "seed", *metric_names]
+    table = ["<table class=metrics><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    for t in trials:
+        scores = results[t.id]["scores"]
+        values = [f"<a href='{results[t.id]['video']}'>{t.id}</a>", f"{t.finetune.lr:g}", f"{t.finetune.alpha:g}",
+                  f"{t.finetune.w_video:g}", str(t.finetune.steps), esc(t.request.prompt), f"{t.request.s:g}",
+                  f"{t.guidance:g}", str(t.request.seed), *(f"{scores.get(m, float('nan')):.3f}" for m in metric_names)]
+        table.append("<tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>")
+    table.append("</table>")
+
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Dreamix sweep: {esc(workdir.name)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 4px; text-align: center; vertical-align: top; font-size: 12px; }}
+.metrics td {{ font-family: monospace; }}
+</style></head><body>
+<h1>Dreamix sweep</h1>
+<p>{summary['trials']} trials ({summary['ran']} run now, in {summary['batches']} batches of {summary['batch_size']};
+{summary['compiles']} XLA compilations; {summary['seconds']} s). Input: {esc(str(summary['input']))}.</p>
+<p><img src="input.gif" alt="input"> the input at the output size.</p>
+<h2>Fidelity against alignment</h2>
+<p><img src="{plot.name}" alt="fidelity against alignment"></p>
+<h2>Contact sheet</h2>
+{''.join(sheet)}
+<h2>Metrics</h2>
+<p>alignment: share of the prompt's colour, shape, direction and background the detector reads in the output;
+fidelity: share of size and start position kept from the input; psnr / ssim: the output against the input,
+both degraded to the base stage; consistency: SSIM of consecutive output frames.</p>
+{''.join(table)}
+<h2>Config</h2><pre>{esc(config.to_json_best_effort(indent=2))}</pre>
+</body></html>
+"""
+    path = workdir / "report.html"
+    _write_text(path, page)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if config is None or not workdir:
+        raise app.UsageError("Give --config (e.g. configs/sweeps/shapes_edit.py) and --workdir.")
+    try:
+        run(config, workdir)
+    except (ValueError, FileNotFoundError) as error:  # bad settings or input: one sentence, no traceback
+        raise SystemExit(f"error: {error}") from None
+    print(pathlib.Path(workdir, "report.html"))
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "A sweep config, e.g. configs/sweeps/shapes_edit.py.")
+    flags.DEFINE_string("workdir", None, "Where finetunes, trial outputs, the manifest and the report go.")
+    app.run(main)
