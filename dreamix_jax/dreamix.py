@@ -34,6 +34,7 @@ from flax import nnx
 
 from dreamix_jax import cascade, objective
 from dreamix_jax.pretrained import Cascade
+from dreamix_jax.sharding import on_mesh
 from dreamix_jax.text import weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,16 @@ def check_finetune(settings: FinetuneSettings, cascade_: Cascade) -> tuple[casca
 
 
 @functools.cache
-def _finetune_step(graphdef: nnx.GraphDef, paths: tuple[str, ...], schedule, cond_aug_max: float):
-    """The jitted finetuning step and its optimizer; lr and the loss weights are traced, so every
-    trial of a sweep with the same stage and objective paths shares one program."""
-    optimizer = objective.make_optimizer()
-    step = jax.jit(objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
-                                             cond_aug_max=cond_aug_max), donate_argnums=(0, 1))
-    return step, optimizer
+def _finetune_step(graphdef: nnx.GraphDef, paths: tuple[str, ...], schedule, cond_aug_max: float,
+                   state_layout: tuple[Any, tuple[Any, ...]]):
+    """The jitted finetuning step; lr and the loss weights are traced, so every trial of a sweep
+    with the same stage and objective paths shares one program. Its weights and optimizer state
+    leave it laid out as they came in (`state_layout`: treedef and shardings), so the second step
+    does not compile again."""
+    out_shardings = (*jax.tree.unflatten(*state_layout), None, None)
+    return jax.jit(objective.make_train_step(graphdef, objective.make_optimizer(), paths=paths, schedule=schedule,
+                                             cond_aug_max=cond_aug_max),
+                   donate_argnums=(0, 1), out_shardings=out_shardings)
 
 
 def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text: np.ndarray, mask: np.ndarray,
@@ -111,12 +115,15 @@ def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text
     and copies after each step count in `keep_at` (one run serves several step counts)."""
     graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
     params = jax.tree.map(jnp.copy, params)  # the step donates its weights; the pretrained ones stay
-    step, optimizer = _finetune_step(graphdef, settings.paths, schedule, stage.train_cond_aug)
+    # Optimizer scalars would land on one device; replicate them over the weights' mesh.
+    opt_state = on_mesh(objective.make_optimizer().init(params), jax.tree.leaves(params)[0].sharding.mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
+    step = _finetune_step(graphdef, settings.paths, schedule, stage.train_cond_aug,
+                          (jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings))))
     target, cond = cascade.training_pair(clip[None], stage)
     batch = dict(video=target, text=jnp.asarray(text), text_mask=jnp.asarray(mask))
     if cond is not None:
         batch["cond"] = cond
-    opt_state = optimizer.init(params)
     weights = jnp.asarray([settings.w_video, settings.alpha], jnp.float32)
     key = jax.random.fold_in(jax.random.key(settings.seed), len(stage.name))
     losses, kept = [], {}

@@ -158,6 +158,18 @@ def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL
 # ------------------------------------------------------------------------------------------------
 
 
+def on_mesh(tree: Any, mesh: Mesh) -> Any:
+    """Leave arrays already laid out on `mesh`; replicate any other leaf over it."""
+    replicated = NamedSharding(mesh, P())
+
+    def place(x):
+        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(place, tree)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading (batch) axis split over the data axes, everything else replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

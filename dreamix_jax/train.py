@@ -28,7 +28,6 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from absl import logging as absl_logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, objective, pretrained
@@ -41,6 +40,7 @@ from dreamix_jax.sharding import (
     create_sharded,
     initialize_distributed,
     make_mesh,
+    on_mesh,
     shard_batch,
 )
 
@@ -147,7 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     optimizer_settings = (("weight_decay", config.weight_decay), ("clip", config.grad_clip))
     optimizer = objective.make_optimizer(**dict(optimizer_settings))
     # Adam moments follow their weights' sharding; scalars (step counts) are replicated.
-    opt_state = _on_mesh(jax.jit(optimizer.init)(params), mesh)
+    opt_state = on_mesh(jax.jit(optimizer.init)(params), mesh)
     ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
     make_step = functools.partial(
         _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, crop=crop, paths=paths, schedule=schedule,
@@ -292,18 +292,6 @@ def load_text_encoder(source: str, model: TextToVideo) -> nnx.State:
     state = nnx.state(model.text_encoder, nnx.Param)
     pretrained.fill(state, arrays, "text_encoder")
     return state
-
-
-def _on_mesh(tree: Any, mesh) -> Any:
-    """Leave arrays already laid out on `mesh`; replicate any other leaf over it."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def place(x):
-        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
-            return x
-        return jax.device_put(x, replicated)
-
-    return jax.tree.map(place, tree)
 
 
 def _progress(lead: bool, start: int, total: int):

@@ -3,6 +3,7 @@
 Environment variables must be set before jax is first imported, hence at the top of this file.
 """
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -24,6 +25,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import unet as unet_configs  # noqa: E402
+from dreamix_jax import pretrained  # noqa: E402
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig  # noqa: E402
 
 CACHE_DIR = os.environ.get("DREAMIX_TEST_CACHE", str(pathlib.Path(__file__).parents[1] / ".jax_cache"))
@@ -36,6 +38,14 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=False):
     """Functional U-Net forward shared by the tests: one compile per (flag, shapes, sharding)."""
     return nnx.merge(graphdef, state)(x, logsnr, text, text_mask, frames_independent=frames_independent)
+
+
+@pytest.fixture(scope="session")
+def shipped():
+    """The shipped tiny cascade, loaded once, with 2 DDIM steps per stage: the tests that use it check
+    plumbing, not sample quality, and unoptimised test compiles make every step slow."""
+    model = pretrained.load()
+    return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
 
 
 @pytest.fixture(scope="session")

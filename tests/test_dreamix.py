@@ -4,22 +4,13 @@ outputs, reuse of a stored finetune, and one-sentence errors for bad input."""
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import dreamix as dreamix_configs
-from dreamix_jax import cascade, dreamix, edit, evaluate, pretrained
+from dreamix_jax import cascade, dreamix, edit, evaluate
 from dreamix_jax.data import synthetic, video_io
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    """The shipped tiny cascade, loaded once, with 2 DDIM steps per stage: these tests check plumbing,
-    not sample quality, and unoptimised test compiles make every step slow."""
-    model = pretrained.load()
-    return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
 
 
 @pytest.fixture(scope="module")
