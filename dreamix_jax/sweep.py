@@ -20,7 +20,7 @@ The workdir holds `manifest.json` (finished trials, rewritten atomically after e
 interrupted sweep loses at most the batch in flight. Edits of synthetic clips (prompts in the
 dataset's caption grammar) are scored by the attribute detector; every edit also gets model-free
 scores (PSNR and SSIM of its degraded output against the degraded input, frame consistency).
-Sweeps run on one host.
+Sweeps run on one host and write a local workdir (launch/sweep.sh uploads it to GCS).
 """
 
 import collections
@@ -193,7 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the trials the manifest does not hold yet, then write the report; returns the manifest."""
     started, compiles_before = time.perf_counter(), compile_count()
-    workdir = pathlib.Path(workdir)
+    workdir = edit.local_workdir(workdir)
     if config.edit.variant != "video":
         raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
     if config.batch_size < 1:

@@ -15,6 +15,9 @@
 #   REPO_DIR  where setup.sh put the repository on the workers [~/dreamix_jax]
 #   PYTHON    interpreter on the workers [python3]
 #   DETACH    1: start the runs in the background with nohup, so they outlive this ssh session [0]
+#   UPLOAD    "LOCAL_DIR gs://DEST": once the program has succeeded, copy LOCAL_DIR (relative to
+#             REPO_DIR on the worker) to DEST with `gcloud storage rsync`; for entry points that
+#             write a local workdir (dreamix_jax.edit, dreamix_jax.sweep) [none]
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
@@ -36,7 +39,15 @@ for _ in \$(seq 30); do pgrep -f '$pattern' > /dev/null || break; sleep 1; done
 pkill -9 -f '$pattern' || true"
 
 # %q quotes every argument for the workers' shell, so prompts with spaces or quotes arrive intact.
-python_cmd="$(printf '%q ' "$PYTHON" -m "$@")> logs/worker-\$(hostname).log 2>&1"
+program="$(printf '%q ' "$PYTHON" -m "$@")"
+if [[ -n ${UPLOAD:-} ]]; then
+  read -r upload_dir upload_to extra <<< "$UPLOAD"
+  [[ -n ${upload_to:-} && -z ${extra:-} && $upload_to == gs://* ]] \
+    || die "UPLOAD must be 'LOCAL_DIR gs://DEST', got '$UPLOAD'"
+  # One bash -c line, so that the upload follows the program under nohup as well.
+  program="bash -c $(printf '%q' "$program&& gcloud storage rsync --recursive $(printf '%q %q' "$upload_dir" "$upload_to")") "
+fi
+python_cmd="$program> logs/worker-\$(hostname).log 2>&1"
 if [[ ${DETACH:-0} == 1 ]]; then
   python_cmd="nohup $python_cmd < /dev/null &"
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a Dreamix edit (configs/dreamix.py: finetune on the input, then sample) on every worker of
-# $TPU_NAME, writing to $BUCKET/edit. The editing entry point is single-host: use a one-host TPU
+# $TPU_NAME. The edit writes to outputs/edit in REPO_DIR on the worker, which is copied to
+# $BUCKET/edit when it succeeds. The editing entry point is single-host: use a one-host TPU
 # (e.g. ACCELERATOR_TYPE=v5litepod-8), since every worker of a pod would run the same edit.
 #
 # Usage:
@@ -29,5 +30,5 @@ fi
 variant=$1
 shift
 
-exec "$here/run.sh" dreamix_jax.edit --config "configs/dreamix.py:$variant" \
-  --workdir "$BUCKET/edit" "$@"
+UPLOAD="outputs/edit $BUCKET/edit" exec "$here/run.sh" dreamix_jax.edit --config "configs/dreamix.py:$variant" \
+  --workdir outputs/edit "$@"

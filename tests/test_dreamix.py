@@ -142,6 +142,13 @@ def test_bad_input_stops_before_any_compute(tmp_path, change, message):
         edit.run(config, tmp_path, model=object())  # a model is never touched
 
 
+def test_a_url_workdir_is_refused():
+    config = dreamix_configs.get_config("video")
+    config.prompt = "a red circle"
+    with pytest.raises(ValueError, match="is a URL"):
+        edit.run(config, "gs://bucket/edit", model=object())
+
+
 def test_input_kinds_that_do_not_fit_the_variant(tmp_path, clip):
     import imageio.v3 as iio
 

@@ -19,7 +19,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-SCRIPTS = ["create.sh", "delete.sh", "setup.sh", "run.sh", "finetune.sh", "sample.sh"]
+SCRIPTS = ["create.sh", "delete.sh", "setup.sh", "run.sh", "finetune.sh", "sample.sh", "sweep.sh"]
 BUCKET = "gs://bucket/dreamix"
 GCLOUD_FLAGS = ["--zone=europe-west4-a", "--project=proj"]
 SSH = ["compute", "tpus", "tpu-vm", "ssh", "test-tpu", *GCLOUD_FLAGS, "--worker=all"]
@@ -143,15 +143,21 @@ def test_setup_repo_dir_with_space(env):
 # Running: run.sh and its wrappers.
 # ------------------------------------------------------------------------------------------------
 
+# script: (its arguments, the program's argv on the workers, the upload after it or None)
 WRAPPERS = {
     "finetune.sh": (["base", "--config.batch_size=64", PROMPT],
                     ["dreamix_jax.train", "--config", "configs/pretrain_shapes.py:base",
                      "--workdir", f"{BUCKET}/train/base", "--config.distributed=true",
-                     "--config.batch_size=64", PROMPT]),
+                     "--config.batch_size=64", PROMPT], None),
     "sample.sh": (["video", PROMPT],
-                  ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", f"{BUCKET}/edit",
-                   PROMPT]),
+                  ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", "outputs/edit", PROMPT],
+                  ["outputs/edit", f"{BUCKET}/edit"]),
+    "sweep.sh": (["shapes_edit:smoke", "--config.batch_size=4"],
+                 ["dreamix_jax.sweep", "--config", "configs/sweeps/shapes_edit.py:smoke",
+                  "--workdir", "outputs/sweeps/shapes_edit-smoke", "--config.batch_size=4"],
+                 ["outputs/sweeps/shapes_edit-smoke", f"{BUCKET}/sweeps/shapes_edit-smoke"]),
 }
+LOG = [">", "logs/worker-$(hostname).log", "2>&1"]
 
 
 def python_line(command):
@@ -159,6 +165,18 @@ def python_line(command):
     line = command.splitlines()[-1]
     assert line.startswith("cd ~/dreamix_jax && mkdir -p logs && "), line
     return shlex.split(line.split(" && ", 2)[2], posix=True)
+
+
+def program_and_upload(command):
+    """(the program's argv, the upload's argv or None) of a run command."""
+    words = python_line(command)
+    assert words[-3:] == LOG, words
+    if words[:2] != ["bash", "-c"]:
+        return words[:-3], None
+    assert len(words) == 6, words
+    inner = shlex.split(words[2], posix=True)
+    split = inner.index("&&")
+    return inner[:split], inner[split + 1:]
 
 
 def test_run(env):
@@ -193,18 +211,20 @@ def test_stop_pattern_spares_the_shell_running_it(env):
 
 @pytest.mark.parametrize("script", WRAPPERS)
 def test_wrapper_command(env, script):
-    args, expected = WRAPPERS[script]
+    args, expected, upload = WRAPPERS[script]
     run_script(env, script, *args)
     command = ssh_command(only_call(env))
     assert "pkill -f" in command
-    assert python_line(command) == ["python3", "-m", *expected, ">", "logs/worker-$(hostname).log", "2>&1"]
+    program, upload_argv = program_and_upload(command)
+    assert program == ["python3", "-m", *expected]
+    assert upload_argv == (None if upload is None else ["gcloud", "storage", "rsync", "--recursive", *upload])
 
 
 @pytest.mark.parametrize("script", WRAPPERS)
 def test_wrapper_command_runs_on_a_worker(env, script, tmp_path):
     """Executes the workers' command here with bash and fake programs: the arguments must reach
-    python exactly, and the log must be per worker."""
-    args, expected = WRAPPERS[script]
+    python exactly, the log must be per worker, and a local workdir is uploaded after the program."""
+    args, expected, upload = WRAPPERS[script]
     run_script(env, script, *args)
     command = ssh_command(only_call(env))
 
@@ -213,8 +233,10 @@ def test_wrapper_command_runs_on_a_worker(env, script, tmp_path):
     for name in ["pkill", "pgrep"]:  # "no such process": nothing on this machine is signalled
         _write_exe(worker_bin / name, f"#!/bin/sh\necho {name} \"$@\" >> {tmp_path}/stop.log\nexit 1\n")
     _write_exe(worker_bin / "python3", f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    _write_exe(worker_bin / "gcloud", f"#!{sys.executable}\nimport json, sys\n"
+                                      f"open({str(tmp_path / 'upload.log')!r}, 'a').write(json.dumps(sys.argv[1:]))\n")
     worker_path = f"{worker_bin}{os.pathsep}/usr/bin{os.pathsep}/bin"
-    for name in ["pkill", "pgrep", "python3"]:
+    for name in ["pkill", "pgrep", "python3", "gcloud"]:
         assert shutil.which(name, path=worker_path) == str(worker_bin / name)
     home = tmp_path / "worker_home"
     (home / "dreamix_jax").mkdir(parents=True)
@@ -225,9 +247,37 @@ def test_wrapper_command_runs_on_a_worker(env, script, tmp_path):
     assert [p.name for p in logs] == [f"worker-{socket.gethostname()}.log"]
     assert json.loads(logs[0].read_text()) == ["-m", *expected]
     assert (tmp_path / "stop.log").read_text().startswith("pkill -f ")
+    uploaded = tmp_path / "upload.log"
+    if upload is None:
+        assert not uploaded.exists()
+    else:
+        assert json.loads(uploaded.read_text()) == ["storage", "rsync", "--recursive", *upload]
 
 
-@pytest.mark.parametrize("script", ["finetune.sh", "sample.sh"])
+def test_no_upload_after_a_failed_program(env, tmp_path):
+    run_script(env, "sweep.sh", "shapes_edit")
+    command = ssh_command(only_call(env))
+    worker_bin = tmp_path / "worker_bin"
+    worker_bin.mkdir()
+    for name in ["pkill", "pgrep", "python3"]:
+        _write_exe(worker_bin / name, "#!/bin/sh\nexit 1\n")
+    _write_exe(worker_bin / "gcloud", f"#!/bin/sh\ntouch {tmp_path}/uploaded\n")
+    home = tmp_path / "worker_home"
+    (home / "dreamix_jax").mkdir(parents=True)
+    result = subprocess.run(["bash", "-c", command], env={"PATH": f"{worker_bin}{os.pathsep}/usr/bin{os.pathsep}/bin",
+                                                          "HOME": str(home)}, timeout=60)
+    assert result.returncode != 0 and not (tmp_path / "uploaded").exists()
+
+
+def test_unknown_sweep_and_bad_upload(env):
+    result = run_script(env, "sweep.sh", "nonexistent", check=False)
+    assert result.returncode != 0 and "configs/sweeps/nonexistent.py" in result.stderr
+    result = run_script(env | {"UPLOAD": "outputs /local/dir"}, "run.sh", "dreamix_jax.edit", check=False)
+    assert result.returncode != 0 and "UPLOAD must be" in result.stderr
+    assert gcloud_calls(env) == []
+
+
+@pytest.mark.parametrize("script", ["finetune.sh", "sample.sh", "sweep.sh"])
 def test_wrapper_needs_bucket(env, script):
     for bucket in [None, "/local/dir"]:
         if bucket is None:
@@ -240,7 +290,7 @@ def test_wrapper_needs_bucket(env, script):
     assert gcloud_calls(env) == []
 
 
-@pytest.mark.parametrize("script", ["run.sh", "finetune.sh", "sample.sh"])
+@pytest.mark.parametrize("script", ["run.sh", "finetune.sh", "sample.sh", "sweep.sh"])
 def test_missing_argument_is_a_usage_error(env, script):
     result = run_script(env, script, check=False)
     assert result.returncode != 0 and "usage:" in result.stderr
