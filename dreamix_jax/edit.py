@@ -121,19 +121,11 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """The workdir as a local path; a URL (gs://...) is refused rather than read as a folder name."""
-    if "://" in str(workdir):
-        raise ValueError(f"The workdir {workdir} is a URL; edits and sweeps write to a local folder "
-                         "(launch/sample.sh and launch/sweep.sh copy it to the bucket when the run ends).")
-    return pathlib.Path(workdir)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         model: pretrained.Cascade | None = None) -> list[dict[str, Any]]:
     """Finetune (or reuse a finetune) and edit as the config says; returns each edit's result record."""
     started = time.perf_counter()
-    workdir = local_workdir(workdir)
+    workdir = video_io.local_workdir(workdir)
     prompts = prompts_of(config)
     settings = finetune_settings(config)
     clip, fps, source = read_input(config)

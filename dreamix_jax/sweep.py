@@ -193,7 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the trials the manifest does not hold yet, then write the report; returns the manifest."""
     started, compiles_before = time.perf_counter(), compile_count()
-    workdir = edit.local_workdir(workdir)
+    workdir = video_io.local_workdir(workdir)
     if config.edit.variant != "video":
         raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
     if config.batch_size < 1:

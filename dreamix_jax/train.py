@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 from dreamix_jax import cascade, objective, pretrained
 from dreamix_jax.data import loader as loader_lib
-from dreamix_jax.data import shapes_video
+from dreamix_jax.data import shapes_video, video_io
 from dreamix_jax.diffusion import Schedule
 from dreamix_jax.models.t5 import T5Config, make_tokenizer
 from dreamix_jax.models.text_to_video import TextToVideo
@@ -110,8 +110,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train until `config.total_steps` (resuming from `workdir`); returns the last logged metrics."""
     # ---- Setup ----------------------------------------------------------------------------------
+    workdir_path = video_io.local_workdir(workdir)
     initialize_distributed(config)
-    workdir_path = pathlib.Path(workdir)
     lead = jax.process_index() == 0
     mesh = make_mesh(config.mesh.shape)
     stages = {s.name: s for s in cascade.stages_from_config(config.cascade)}
@@ -321,6 +321,10 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every file it writes at INFO
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("Give --config and --workdir.")
+    try:
+        video_io.local_workdir(_WORKDIR.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     metrics = train(_CONFIG.value, _WORKDIR.value)
     print(json.dumps(metrics))
 

@@ -10,7 +10,7 @@
 #   REPO_DIR          the repository's directory on every worker; a leading ~/ is the workers'
 #                     home, not this machine's [~/dreamix_jax]
 #   PYTHON            interpreter on the workers [python3: stock TPU VM images have no `python`]
-#   BUCKET            gs:// root of the run workdirs; checked by require_bucket, i.e. only by
+#   BUCKET            gs:// root the run workdirs are copied to; checked by require_bucket, i.e. only by
 #                     the scripts that start runs [none]
 #
 # Usage (from another launch script):
@@ -61,9 +61,9 @@ remote_repo_dir() {
   fi
 }
 
-# Run workdirs must be on GCS: every worker of a pod reads and writes the same checkpoints.
+# Workdirs are copied to GCS when a run ends; the bucket must be a gs:// URL.
 require_bucket() {
-  [[ -n ${BUCKET:-} ]] || die "BUCKET is not set: export BUCKET=gs://<bucket>/<path> (root of the workdirs)"
+  [[ -n ${BUCKET:-} ]] || die "BUCKET is not set: export BUCKET=gs://<bucket>/<path> (where workdirs are copied)"
   [[ $BUCKET == gs://* ]] || die "BUCKET must be a gs:// path, got '$BUCKET'"
   BUCKET=${BUCKET%/}
 }

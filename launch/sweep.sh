@@ -11,7 +11,7 @@
 #
 # Environment (defaults in brackets; see common.sh and run.sh):
 #   TPU_NAME  required
-#   BUCKET    required: gs:// root of the workdirs
+#   BUCKET    required: gs:// root the workdirs are copied to
 #   ZONE      [us-west4-a]
 #   PROJECT   passed as --project only when set [gcloud's default]
 #   REPO_DIR  [~/dreamix_jax]

@@ -147,8 +147,8 @@ def test_setup_repo_dir_with_space(env):
 WRAPPERS = {
     "finetune.sh": (["base", "--config.batch_size=64", PROMPT],
                     ["dreamix_jax.train", "--config", "configs/pretrain_shapes.py:base",
-                     "--workdir", f"{BUCKET}/train/base", "--config.distributed=true",
-                     "--config.batch_size=64", PROMPT], None),
+                     "--workdir", "outputs/train/base", "--config.distributed=true",
+                     "--config.batch_size=64", PROMPT], ["outputs/train/base", f"{BUCKET}/train/base"]),
     "sample.sh": (["video", PROMPT],
                   ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", "outputs/edit", PROMPT],
                   ["outputs/edit", f"{BUCKET}/edit"]),
@@ -252,6 +252,12 @@ def test_wrapper_command_runs_on_a_worker(env, script, tmp_path):
         assert not uploaded.exists()
     else:
         assert json.loads(uploaded.read_text()) == ["storage", "rsync", "--recursive", *upload]
+
+
+def test_a_shared_workdir_on_a_pod_is_not_uploaded(env):
+    run_script(env | {"WORKDIR_ROOT": "/mnt/bucket/dreamix/"}, "finetune.sh", "base")
+    program, upload = program_and_upload(ssh_command(only_call(env)))
+    assert program[program.index("--workdir") + 1] == "/mnt/bucket/dreamix/train/base" and upload is None
 
 
 def test_no_upload_after_a_failed_program(env, tmp_path):

@@ -98,3 +98,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 def test_training_crops_are_for_sr_stages_only(data_dir, tmp_path):
     with pytest.raises(ValueError, match="train_crop applies to SR stages only"):
         train.train(smoke_config(data_dir, train_crop=(2, 8)), str(tmp_path / "crop"))
+
+
+def test_a_url_workdir_is_refused_before_any_work(data_dir):
+    with pytest.raises(ValueError, match="is a URL"):
+        train.train(smoke_config(data_dir), "gs://bucket/train/base")

@@ -21,6 +21,15 @@ class InputError(ValueError):
     """An input that cannot be used, with what is wrong and how to fix it."""
 
 
+def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """The workdir as a local path; a URL (gs://...) is refused rather than read as a folder name."""
+    if "://" in str(workdir):
+        raise ValueError(f"The workdir {workdir} is a URL; workdirs are local folders (a folder every worker "
+                         "sees, such as a mounted bucket, on a pod). The launch scripts copy a worker-local "
+                         "workdir to the bucket when the run ends.")
+    return pathlib.Path(workdir)
+
+
 def to_unit_rgb(frame: np.ndarray) -> np.ndarray:
     """A decoded uint8/float frame (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) → (H, W, 3) float32 in [0, 1]."""
     frame = np.asarray(frame)
