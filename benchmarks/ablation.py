@@ -7,7 +7,7 @@ cascade under three finetuning settings (none, video-only, mixed) over a grid of
 
   alignment  the edited attribute reads as the prompt asks;
   fidelity   everything else is kept: the other captioned attributes, the size, and the start
-             position (within 0.1 of the frame); the stripes on the shape are not scored, since the
+             position (within evaluate.START_TOLERANCE, 0.1, of the frame); the stripes on the shape are not scored, since the
              detector does not read them;
   success    both.
 
@@ -29,7 +29,6 @@ from dreamix_jax.data import shapes_video, synthetic  # noqa: E402
 
 SETTINGS = {"none": None, "video-only": (1.0, 0.0), "mixed": (1.0, 1.0)}  # (w_video, alpha)
 CATEGORIES = {"motion": "direction", "object": "color", "background": "background"}
-START_TOLERANCE = 0.1
 
 
 def _next(values, current):
@@ -53,8 +52,7 @@ def score(video: np.ndarray, source: synthetic.Attributes, target: synthetic.Att
     aligned = getattr(found, attribute) == getattr(target, attribute)
     kept = [getattr(found, a) == getattr(source, a) for a in ("color", "shape", "direction", "background", "size")
             if a != attribute]
-    start_ok = bool(np.all(np.abs(np.asarray(found.start) - np.asarray(source.start)) <= START_TOLERANCE))
-    faithful = all(kept) and start_ok
+    faithful = all(kept) and evaluate.start_kept(found, source)
     return dict(alignment=aligned, fidelity=faithful, success=aligned and faithful)
 
 

@@ -95,6 +95,11 @@ def attribute_accuracy(detections: list[Detection], truths: list[synthetic.Attri
 START_TOLERANCE = 0.1  # a start position within this fraction of the frame counts as kept
 
 
+def start_kept(found: Detection, original: Detection | synthetic.Attributes) -> bool:
+    """Whether the shape starts where it did in the original, within START_TOLERANCE."""
+    return bool(np.all(np.abs(np.asarray(found.start) - np.asarray(original.start)) <= START_TOLERANCE))
+
+
 def edit_scores(output: np.ndarray, source: np.ndarray, prompt: str) -> dict[str, float] | None:
     """Alignment (share of the prompt's four attributes the output shows) and fidelity (share of size
     and start position kept from the source) of one edit; None when the prompt is not a caption."""
@@ -103,8 +108,7 @@ def edit_scores(output: np.ndarray, source: np.ndarray, prompt: str) -> dict[str
         return None
     found, original = detect(output), detect(source)
     alignment = np.mean([getattr(found, name) == value for name, value in wanted.items()])
-    start_kept = bool(np.all(np.abs(np.asarray(found.start) - np.asarray(original.start)) <= START_TOLERANCE))
-    fidelity = np.mean([found.size == original.size, start_kept])
+    fidelity = np.mean([found.size == original.size, start_kept(found, original)])
     return dict(alignment=float(alignment), fidelity=float(fidelity))
 
 
