@@ -74,7 +74,8 @@ def test_caption_parsing():
         color="red", shape="circle", direction="left", background="gray")
     assert synthetic.parse_caption("a blue square standing still on a black background")["direction"] == "still"
     for text in ("a red circle", "a red dragon moving left on a gray background",
-                 "a red circle moving sideways on a gray background", "the red circle moving left on a gray background"):
+                 "a red circle moving sideways on a gray background",
+                 "the red circle moving left on a gray background"):
         assert synthetic.parse_caption(text) is None, text
 
 
