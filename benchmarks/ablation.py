@@ -7,8 +7,8 @@ cascade under three finetuning settings (none, video-only, mixed) over a grid of
 
   alignment  the edited attribute reads as the prompt asks;
   fidelity   everything else is kept: the other captioned attributes, the size, and the start
-             position (within evaluate.START_TOLERANCE, 0.1, of the frame); the stripes on the shape are not scored, since the
-             detector does not read them;
+             position (within evaluate.START_TOLERANCE, 0.1, of the frame); the stripes on the shape
+             are not scored, since the detector does not read them;
   success    both.
 
   python benchmarks/ablation.py              # table + benchmarks/results/ablation.json
