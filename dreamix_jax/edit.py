@@ -16,8 +16,8 @@ import logging
 import os
 import pathlib
 import re
-import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -114,13 +114,6 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "edit"
 
 
-def _write_json(path: pathlib.Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         model: pretrained.Cascade | None = None) -> list[dict[str, Any]]:
     """Finetune (or reuse a finetune) and edit as the config says; returns each edit's result record."""
@@ -165,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                                                              shape=list(video.shape), fps=final.fps),
             finetune=finetune_record, sampling_seconds_per_stage=seconds, batch=len(requests),
             weights=model.meta, config=config.to_dict())
-        _write_json(folder / "result.json", result)
+        video_io.write_text(folder / "result.json", json.dumps(result, indent=2))
         results.append(result)
     log.info("Done in %.1f s.", time.perf_counter() - started)
     return results
@@ -175,18 +168,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 # Command line.
 # ------------------------------------------------------------------------------------------------
 
-def main(argv: list[str]) -> None:
-    del argv
+def command_line(run_fn: Callable[[ml_collections.ConfigDict, str], Any], example: str) -> Any:
+    """Run `run_fn(--config, --workdir)` as a program: logging set up, and bad settings or input
+    end with one sentence instead of a traceback. `example` names a config for the usage error."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     if config is None or not workdir:
-        raise app.UsageError("Give --config (e.g. configs/dreamix.py:video) and --workdir.")
+        raise app.UsageError(f"Give --config (e.g. {example}) and --workdir.")
     try:
-        results = run(config, workdir)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one sentence, no traceback
+        return run_fn(config, workdir)
+    except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
-    for result in results:
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    for result in command_line(run, "configs/dreamix.py:video"):
         print(result["output"]["comparison"])
 
 

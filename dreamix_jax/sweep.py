@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -42,7 +41,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, dreamix, edit, evaluate, pretrained
@@ -153,15 +151,6 @@ def compile_count() -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def read_manifest(workdir: pathlib.Path) -> dict[str, Any]:
     """Finished trials by id (empty for a new sweep)."""
     path = workdir / "manifest.json"
@@ -239,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
                                                                                 model),
                                           finetune_key=record["key"], video=f"trials/{trial.id}/video.mp4",
                                           thumb=f"trials/{trial.id}/thumb.gif", batch_seconds=seconds)
-                _write_text(workdir / "manifest.json", json.dumps(dict(trials=done), indent=1))
+                video_io.write_text(workdir / "manifest.json", json.dumps(dict(trials=done), indent=1))
                 batch_index += 1
                 log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
                 if on_batch is not None:
@@ -250,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
                    compiles=compile_count() - compiles_before, seconds=round(time.perf_counter() - started, 1),
                    input=source_path)
     write_report(workdir, config, trials, finished, summary)
-    _write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    video_io.write_text(workdir / "summary.json", json.dumps(summary, indent=2))
     return finished
 
 
@@ -367,7 +356,7 @@ both degraded to the base stage; consistency: SSIM of consecutive output frames.
 </body></html>
 """
     path = workdir / "report.html"
-    _write_text(path, page)
+    video_io.write_text(path, page)
     return path
 
 
@@ -378,16 +367,8 @@ both degraded to the base stage; consistency: SSIM of consecutive output frames.
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or not workdir:
-        raise app.UsageError("Give --config (e.g. configs/sweeps/shapes_edit.py) and --workdir.")
-    try:
-        run(config, workdir)
-    except (ValueError, FileNotFoundError) as error:  # bad settings or input: one sentence, no traceback
-        raise SystemExit(f"error: {error}") from None
-    print(pathlib.Path(workdir, "report.html"))
+    edit.command_line(run, "configs/sweeps/shapes_edit.py")
+    print(pathlib.Path(flags.FLAGS.workdir, "report.html"))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,19 @@ def _atomic_target(path: pathlib.Path) -> str:
     return tmp
 
 
+def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Write a text file (JSON, HTML) under a temporary name, then rename it: readers never see half a file."""
+    path = pathlib.Path(path)
+    tmp = _atomic_target(path)
+    try:
+        pathlib.Path(tmp).write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def write_video(path: str | os.PathLike, clip: np.ndarray, fps: float, *, scale: int = 1) -> pathlib.Path:
     """Write a clip (T, H, W, 3), in [-1, 1] or uint8, as mp4 (H.264) or gif, under a temporary name, then renamed.
 
