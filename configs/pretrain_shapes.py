@@ -46,6 +46,7 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
     config.train_text_encoder = arg.variant == "base"
     config.text_encoder_from = ""  # a base-stage workdir (or weights file) whose encoder an SR stage reads, frozen
+    config.init_from = ""  # a weights file or workdir whose stage (and encoder) a fresh run starts from
 
     config.lr = 1e-3
     config.lr_schedule = "cosine"  # or "constant"

@@ -98,6 +98,54 @@ def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
     return step, restored.get("ema") or restored["params"]
 
 
+def stage_weights(source: str | os.PathLike, stage: str) -> tuple[int, dict[str, np.ndarray]]:
+    """(steps trained, flat weights named 'unet/...' and 'text_encoder/...') of one stage.
+
+    `source` is a cascade weights file (`.npz`) or that stage's training workdir (its latest
+    checkpoint, the EMA copy where kept). A run that started from other weights (`init_from`)
+    counts their steps too, and a run that kept its text encoder frozen reports the encoder it
+    read (`text_encoder_from`), so an export carries the encoder its U-Net was trained against.
+    """
+    if str(source).endswith(".npz"):
+        saved, meta = read_file(source)
+        if stage not in meta["steps"]:
+            raise KeyError(f"{source} holds no stage {stage!r}; it has {tuple(meta['steps'])}.")
+        arrays = {"unet" + k[len(stage):]: v for k, v in saved.items() if k.startswith(stage + "/")}
+        arrays.update({k: v for k, v in saved.items() if k.startswith("text_encoder/")})
+        return meta["steps"][stage], arrays
+    steps, weights = latest_weights(source)
+    arrays = flatten_weights(weights["unet"], "unet")
+    run = _run_config(source)
+    if "text_encoder" in weights:
+        arrays.update(flatten_weights(weights["text_encoder"], "text_encoder"))
+    elif run.get("text_encoder_from"):
+        arrays.update(text_encoder_weights(run["text_encoder_from"]))
+    if run.get("init_from"):
+        earlier, initial = stage_weights(run["init_from"], stage)
+        steps += earlier
+        if not any(k.startswith("text_encoder/") for k in arrays):  # the encoder it started from, frozen
+            arrays.update({k: v for k, v in initial.items() if k.startswith("text_encoder/")})
+    return steps, arrays
+
+
+def text_encoder_weights(source: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The text encoder ('text_encoder/...') of a cascade weights file or a training workdir."""
+    if str(source).endswith(".npz"):
+        arrays, _ = read_file(source)
+    else:
+        _, arrays = stage_weights(source, _run_config(source).get("stage", "base"))
+    encoder = {k: v for k, v in arrays.items() if k.startswith("text_encoder/")}
+    if not encoder:
+        raise ValueError(f"{source} holds no text encoder: its run neither trained nor read one.")
+    return encoder
+
+
+def _run_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The resolved config a training run wrote to its workdir ({} if it wrote none)."""
+    path = pathlib.Path(workdir, "config.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: str | os.PathLike) -> pathlib.Path:
     """Write every stage's U-Net and the base stage's text encoder, with the config, to one `.npz`.
 
@@ -109,19 +157,13 @@ def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: 
         raise ValueError(f"No workdir given for stages {missing}; pass name=workdir for every stage.")
     arrays, steps = {}, {}
     for stage in stages:
-        source = workdirs[stage.name]
-        if str(source).endswith(".npz"):  # keep a stage of an earlier export
-            saved, meta = read_file(source)
-            steps[stage.name] = meta["steps"][stage.name]
-            wanted = [stage.name] + (["text_encoder"] if stage.kind == "base" else [])
-            arrays.update({k: v for k, v in saved.items() if k.split("/", 1)[0] in wanted})
-            continue
-        steps[stage.name], weights = latest_weights(source)
-        arrays.update(flatten_weights(weights["unet"], stage.name))
+        steps[stage.name], weights = stage_weights(workdirs[stage.name], stage.name)
+        arrays.update({stage.name + k[len("unet"):]: v for k, v in weights.items() if k.startswith("unet/")})
         if stage.kind == "base":
-            if "text_encoder" not in weights:
-                raise ValueError(f"The base run in {source} did not train a text encoder.")
-            arrays.update(flatten_weights(weights["text_encoder"], "text_encoder"))
+            encoder = {k: v for k, v in weights.items() if k.startswith("text_encoder/")}
+            if not encoder:
+                raise ValueError(f"The base stage's source {workdirs[stage.name]} holds no text encoder.")
+            arrays.update(encoder)
     config = cascade_config.to_dict() if hasattr(cascade_config, "to_dict") else dict(cascade_config)
     meta = dict(config=config, steps=steps)
     out = pathlib.Path(out)

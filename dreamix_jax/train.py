@@ -141,6 +141,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     # ---- Model and optimizer --------------------------------------------------------------------
     t5_cfg = T5Config.from_config(text_cfg.model)
     model = create_sharded(lambda: TextToVideo(stage.unet, t5_cfg, rngs=nnx.Rngs(config.seed)), mesh)
+    if config.get("init_from"):  # a warm start; a checkpoint in workdir (below) takes precedence
+        load_stage(config.init_from, config.stage, model)
     if config.text_encoder_from:
         nnx.update(model.text_encoder, load_text_encoder(config.text_encoder_from, model))
     graphdef, params, rest = nnx.split(model, trainable(config), ...)
@@ -280,18 +282,23 @@ def _compiled(make_step: functools.partial, out_shardings, args) -> tuple[Any, f
 
 
 def load_text_encoder(source: str, model: TextToVideo) -> nnx.State:
-    """The text encoder of a cascade weights file (`.npz`) or of a base-stage workdir's latest checkpoint
+    """The text encoder of a cascade weights file (`.npz`) or of a training workdir's latest checkpoint
     (EMA when kept), sharded like `model`'s."""
-    if source.endswith(".npz"):
-        arrays, _ = pretrained.read_file(source)
-    else:
-        _, saved = pretrained.latest_weights(source)
-        if "text_encoder" not in saved:
-            raise ValueError(f"The checkpoint in {source} did not train a text encoder (train_text_encoder was off).")
-        arrays = pretrained.flatten_weights(saved["text_encoder"], "text_encoder")
     state = nnx.state(model.text_encoder, nnx.Param)
-    pretrained.fill(state, arrays, "text_encoder")
+    pretrained.fill(state, pretrained.text_encoder_weights(source), "text_encoder")
     return state
+
+
+def load_stage(source: str, stage: str, model: TextToVideo) -> None:
+    """Set `model`'s U-Net to `stage`'s, and its text encoder where `source` holds one, from a cascade
+    weights file or a training workdir: the weights a warm-started run begins from."""
+    _, arrays = pretrained.stage_weights(source, stage)
+    has_encoder = any(k.startswith("text_encoder/") for k in arrays)
+    for part in ("unet", "text_encoder") if has_encoder else ("unet",):
+        module = getattr(model, part)
+        state = nnx.state(module, nnx.Param)
+        pretrained.fill(state, arrays, part)
+        nnx.update(module, state)
 
 
 def _progress(lead: bool, start: int, total: int):

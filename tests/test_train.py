@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import pretrain_shapes
-from dreamix_jax import cascade, train
+from dreamix_jax import cascade, pretrained, train
 from dreamix_jax.models.t5 import T5Config
 from dreamix_jax.models.text_to_video import TextToVideo
 from dreamix_jax.data import shapes_video
@@ -83,6 +83,30 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
         np.testing.assert_array_equal(np.asarray(variable.get_value()), np.asarray(expected))
     with pytest.raises(FileNotFoundError, match="No checkpoint in"):
         train.load_text_encoder(str(tmp_path / "nothing"), model)
+
+
+def test_a_warm_start_begins_from_the_given_weights_and_counts_their_steps(data_dir, tmp_path):
+    first = str(tmp_path / "first")
+    train.train(smoke_config(data_dir), first)
+    warm = str(tmp_path / "warm")
+    # lr 0 (a traced value: the same compiled step) keeps the weights where the warm start put them.
+    train.train(smoke_config(data_dir, init_from=first, lr=0.0), warm)
+    start, kept = saved_params(first, 4), saved_params(warm, 4)
+    assert set(start) == set(kept) == {"unet", "text_encoder"}
+    for x, y in zip(jax.tree.leaves(start), jax.tree.leaves(kept), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    steps, weights = pretrained.stage_weights(warm, "base")
+    assert steps == 8  # its own 4 and the 4 it started from
+    out = pretrained.export(smoke_config(data_dir).cascade, dict(
+        base=warm, tsr=str(pretrained.SHIPPED), ssr1=str(pretrained.SHIPPED), ssr2=str(pretrained.SHIPPED)),
+        tmp_path / "warm.npz")
+    arrays, meta = pretrained.read_file(out)
+    assert meta["steps"]["base"] == 8
+    for name, value in weights.items():
+        np.testing.assert_array_equal(arrays[name.replace("unet/", "base/", 1)], value, err_msg=name)
+    with pytest.raises(KeyError, match="holds no stage 'ssr9'"):
+        pretrained.stage_weights(str(pretrained.SHIPPED), "ssr9")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
