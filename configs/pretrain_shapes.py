@@ -10,7 +10,14 @@ sees the same frames as independent images with motion-free captions.
       --config.text_encoder_from=/tmp/shapes/base
 
 `text_encoder_from` may also name a cascade weights file (dreamix_jax/assets/tiny_cascade.npz) to
-retrain an SR stage against the shipped encoder.
+retrain an SR stage against the shipped encoder. `init_from` warm-starts a fresh run from a stage
+of a weights file or workdir; continuing the shipped base stage with its encoder frozen keeps the
+shipped SR stages valid:
+
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base2 \
+      --config.init_from=dreamix_jax/assets/tiny_cascade.npz --config.train_text_encoder=False \
+      --config.text_encoder_from=dreamix_jax/assets/tiny_cascade.npz --config.total_steps=2600 \
+      --config.lr_schedule=constant --config.ema_decay=0.998
 """
 
 import ml_collections
