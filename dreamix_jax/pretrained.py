@@ -111,8 +111,7 @@ def stage_weights(source: str | os.PathLike, stage: str) -> tuple[int, dict[str,
         if stage not in meta["steps"]:
             raise KeyError(f"{source} holds no stage {stage!r}; it has {tuple(meta['steps'])}.")
         arrays = {"unet" + k[len(stage):]: v for k, v in saved.items() if k.startswith(stage + "/")}
-        arrays.update({k: v for k, v in saved.items() if k.startswith("text_encoder/")})
-        return meta["steps"][stage], arrays
+        return meta["steps"][stage], arrays | part(saved, "text_encoder")
     steps, weights = latest_weights(source)
     arrays = flatten_weights(weights["unet"], "unet")
     run = _run_config(source)
@@ -123,8 +122,8 @@ def stage_weights(source: str | os.PathLike, stage: str) -> tuple[int, dict[str,
     if run.get("init_from"):
         earlier, initial = stage_weights(run["init_from"], stage)
         steps += earlier
-        if not any(k.startswith("text_encoder/") for k in arrays):  # the encoder it started from, frozen
-            arrays.update({k: v for k, v in initial.items() if k.startswith("text_encoder/")})
+        if not part(arrays, "text_encoder"):  # the encoder it started from, frozen
+            arrays.update(part(initial, "text_encoder"))
     return steps, arrays
 
 
@@ -134,10 +133,15 @@ def text_encoder_weights(source: str | os.PathLike) -> dict[str, np.ndarray]:
         arrays, _ = read_file(source)
     else:
         _, arrays = stage_weights(source, _run_config(source).get("stage", "base"))
-    encoder = {k: v for k, v in arrays.items() if k.startswith("text_encoder/")}
+    encoder = part(arrays, "text_encoder")
     if not encoder:
         raise ValueError(f"{source} holds no text encoder: its run neither trained nor read one.")
     return encoder
+
+
+def part(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The weights under `prefix/` (names kept)."""
+    return {k: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
 
 def _run_config(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -158,9 +162,9 @@ def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: 
     arrays, steps = {}, {}
     for stage in stages:
         steps[stage.name], weights = stage_weights(workdirs[stage.name], stage.name)
-        arrays.update({stage.name + k[len("unet"):]: v for k, v in weights.items() if k.startswith("unet/")})
+        arrays.update({stage.name + k[len("unet"):]: v for k, v in part(weights, "unet").items()})
         if stage.kind == "base":
-            encoder = {k: v for k, v in weights.items() if k.startswith("text_encoder/")}
+            encoder = part(weights, "text_encoder")
             if not encoder:
                 raise ValueError(f"The base stage's source {workdirs[stage.name]} holds no text encoder.")
             arrays.update(encoder)

@@ -141,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     # ---- Model and optimizer --------------------------------------------------------------------
     t5_cfg = T5Config.from_config(text_cfg.model)
     model = create_sharded(lambda: TextToVideo(stage.unet, t5_cfg, rngs=nnx.Rngs(config.seed)), mesh)
-    if config.get("init_from"):  # a warm start; a checkpoint in workdir (below) takes precedence
+    if config.init_from:  # a warm start; a checkpoint in workdir (below) takes precedence
         load_stage(config.init_from, config.stage, model)
     if config.text_encoder_from:
         nnx.update(model.text_encoder, load_text_encoder(config.text_encoder_from, model))
@@ -293,7 +293,7 @@ def load_stage(source: str, stage: str, model: TextToVideo) -> None:
     """Set `model`'s U-Net to `stage`'s, and its text encoder where `source` holds one, from a cascade
     weights file or a training workdir: the weights a warm-started run begins from."""
     _, arrays = pretrained.stage_weights(source, stage)
-    has_encoder = any(k.startswith("text_encoder/") for k in arrays)
+    has_encoder = bool(pretrained.part(arrays, "text_encoder"))
     for part in ("unet", "text_encoder") if has_encoder else ("unet",):
         module = getattr(model, part)
         state = nnx.state(module, nnx.Param)
