@@ -50,6 +50,7 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     # Mixed objective: w_video · L_video + alpha · L_frames (a weight of 0 skips its program).
     config.w_video = 1.0
     config.alpha = 0.5
+    config.frames_share = 1.0  # share of each batch the frames path sees (< 1 makes pretraining cheaper)
     config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
     config.train_text_encoder = arg.variant == "base"
     config.text_encoder_from = ""  # a base-stage workdir (or weights file) whose encoder an SR stage reads, frozen
@@ -65,6 +66,9 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     config.checkpoint_every = 4 if arg.smoke else 200
     config.keep_checkpoints = 2
     config.log_every = 1 if arg.smoke else 25
+    # The conditioning probe (dreamix_jax/probe.py): caption-swap error gaps on fixed test clips.
+    config.probe_every = 0 if arg.smoke else 100
+    config.probe_clips = 16
     config.seed = 0
     config.mesh = dict(shape=(-1, 1, 1))
     config.distributed = False

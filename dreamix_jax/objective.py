@@ -63,11 +63,13 @@ def dreamix_loss(
     paths: Sequence[str],
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
+    frames_examples: int = 0,
 ) -> jax.Array:
     """`w_video · L_video + α · L_frames` with `weights = (w_video, α)`; only the static `paths` run.
 
     The video path draws from `key` itself (so it equals `unet_loss` with that key), the frames
-    path from `fold_in(key, 1)`.
+    path from `fold_in(key, 1)`. `frames_examples` > 0 gives the frames path only the batch's first
+    examples: pretraining keeps the image skill at a fraction of the cost.
     """
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
@@ -80,6 +82,8 @@ def dreamix_loss(
         frames_batch = batch
         if "frames_text" in batch:
             frames_batch = {**batch, "text": batch["frames_text"], "text_mask": batch["frames_text_mask"]}
+        if frames_examples:
+            frames_batch = {name: value[:frames_examples] for name, value in frames_batch.items()}
         loss += weights[1] * loss_fn(frames_batch, jax.random.fold_in(key, 1), frames_independent=True)
     return loss
 
@@ -110,6 +114,7 @@ def make_train_step(
     paths: Sequence[str] = ("video",),
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
+    frames_examples: int = 0,
 ) -> Callable:
     """`step(params, opt_state, rest, batch, key, weights=None, learning_rate=None)
     -> (params, opt_state, loss, grad_norm)`, not jitted.
@@ -118,7 +123,7 @@ def make_train_step(
     rate of an optimizer from `make_optimizer`, so a sweep over it never recompiles.
     """
     loss_fn = functools.partial(dreamix_loss, graphdef, paths=tuple(paths), schedule=schedule,
-                                cond_aug_max=cond_aug_max)
+                                cond_aug_max=cond_aug_max, frames_examples=frames_examples)
 
     def step(params, opt_state, rest, batch, key, weights=None, learning_rate=None):
         weights = jnp.ones(2, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)

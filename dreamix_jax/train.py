@@ -30,7 +30,7 @@ from absl import logging as absl_logging
 from flax import nnx
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, objective, pretrained
+from dreamix_jax import cascade, objective, pretrained, probe
 from dreamix_jax.data import loader as loader_lib
 from dreamix_jax.data import shapes_video, video_io
 from dreamix_jax.diffusion import Schedule
@@ -125,6 +125,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     crop = tuple(config.get("train_crop") or ()) or None  # (frames, pixels) windows for SR stages
     if crop is not None and not stage.is_sr:
         raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
+    # The frames path's share of each (per-device-divisible) batch; 1 gives it the whole batch.
+    frames_examples = 0
+    if config.get("frames_share", 1.0) < 1.0:
+        frames_examples = max(1, int(round(config.frames_share * config.batch_size)))
     per_process = config.batch_size // jax.process_count()
     if per_process * jax.process_count() != config.batch_size:
         raise ValueError(f"batch_size {config.batch_size} does not split over {jax.process_count()} processes.")
@@ -154,8 +158,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     make_step = functools.partial(
         _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, crop=crop, paths=paths, schedule=schedule,
         text_dropout=config.text_dropout, warmup=config.warmup_steps, total=config.total_steps,
-        lr_schedule=config.lr_schedule, ema_decay=config.ema_decay)
+        lr_schedule=config.lr_schedule, ema_decay=config.ema_decay, frames_examples=frames_examples)
     out_shardings = (*jax.tree.map(lambda x: x.sharding, (params, opt_state, ema)), None)
+
+    # ---- Conditioning probe: does the stage read each word of its caption? (probe.py) ------------
+    probe_every = config.get("probe_every", 0)
+    if probe_every:
+        probe_video, probe_attrs = probe.probe_set(config.get("probe_clips", 16))
+        probe_inputs = on_mesh(jax.device_put((probe_video, *probe.probe_tokens(
+            probe_attrs, tokenizer, text_cfg.max_length))), mesh)
+        probe_errors = jax.jit(functools.partial(_probe_errors, graphdef=graphdef, stage=stage, schedule=schedule))
 
     # ---- Checkpoints ----------------------------------------------------------------------------
     manager = ocp.CheckpointManager(
@@ -220,6 +232,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     log_file.flush()
                     for name, value in metrics.items():
                         writer.add_scalar(name, value, done)
+            if probe_every and (done % probe_every == 0 or done == config.total_steps):
+                errors = probe_errors(ema if ema is not None else params, rest, *probe_inputs, jax.random.key(0))
+                probed = dict(step=done, **probe.summary(probe.gaps(np.asarray(errors))))
+                log.info("Probe at step %d: %s", done, ", ".join(
+                    f"{a} {probed[f'probe/{a}']:+.1%}" for a in probe.ATTRIBUTES))
+                if lead:
+                    log_file.write(json.dumps(probed) + "\n")
+                    log_file.flush()
+                    for name, value in probed.items():
+                        if name != "step":
+                            writer.add_scalar(name, value, done)
             if on_step is not None:
                 on_step(done, metrics)
             stopping = stop(done)
@@ -239,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
-                crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay):
+                crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay, frames_examples):
     """One optimisation step on a raw batch (clips at any size and tokenised captions)."""
     video, cond = cascade.training_pair(raw["video"], stage, crop, jax.random.fold_in(key, 1) if crop else None)
     drop_key, step_key = jax.random.split(key)
@@ -250,7 +273,7 @@ def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, 
         batch["cond"] = cond
     optimizer = objective.make_optimizer(**dict(optimizer_settings))
     step_fn = objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
-                                        cond_aug_max=stage.train_cond_aug)
+                                        cond_aug_max=stage.train_cond_aug, frames_examples=frames_examples)
     lr = peak_lr * lr_multiplier(step, warmup, total, lr_schedule)
     params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
     if ema is not None:
@@ -259,6 +282,13 @@ def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, 
         decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
     return params, opt_state, ema, dict(loss=loss, grad_norm=grad_norm, lr=lr)
+
+
+def _probe_errors(params, rest, video, ids, masks, key, *, graphdef, stage, schedule):
+    """`probe.x_errors` of the stage being trained, its captions read by its own text encoder."""
+    model = nnx.merge(graphdef, params, rest)
+    texts = jnp.stack([model.text_encoder(ids[v], masks[v]) for v in range(ids.shape[0])])
+    return probe.x_errors(model.unet, texts, masks, video, key, stage=stage, schedule=schedule)
 
 
 # Compiled steps by (static settings, argument signature): runs in one process with the same

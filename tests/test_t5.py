@@ -21,7 +21,9 @@ from dreamix_jax.models.t5 import (
     SentencePieceTokenizer,
     T5Config,
     T5Encoder,
+    WordTokenizer,
     checkpoint_names,
+    make_tokenizer,
     null_text,
     relative_position_bucket,
     tokenize,
@@ -235,6 +237,22 @@ def test_byte_tokenizer_and_truncation(caplog):
     np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 0, 0])
     assert ids[1, -1] == 1 and mask[1].all()  # truncated, EOS kept
     assert "truncated to max_length=6" in caplog.text
+
+
+def test_word_tokenizer_gives_caption_words_one_id_and_spells_other_words_in_bytes():
+    tokenizer = make_tokenizer(t5_configs.get_config("tiny").tokenizer)
+    caption = tokenizer.encode("a red circle moving left on a gray background")
+    assert len(caption) == 10 and caption[-1] == 1 and min(caption[:-1]) >= ByteTokenizer.vocab_size
+    assert caption[0] == caption[6]  # both "a"
+    assert tokenizer.encode("A  RED") == caption[:2] + [1]  # case and spacing do not matter
+    # "sks" is not in the grammar: its bytes and a space byte, so two unknown words stay apart.
+    assert tokenizer.encode("sks moving") == [ord("s") + 3, ord("k") + 3, ord("s") + 3, ord(" ") + 3, caption[3], 1]
+    assert tokenizer.vocab_size <= t5_configs.get_config("tiny").model.vocab_size
+    assert WordTokenizer(["a", "b"]).name != WordTokenizer(["a", "c"]).name  # cache keys see the vocabulary
+    with pytest.raises(ValueError, match="distinct single words"):
+        WordTokenizer(["a", "a"])
+    with pytest.raises(ValueError, match="distinct single words"):
+        WordTokenizer(["two words"])
 
 
 def _train_spiece(path, vocab_size=32, **ids):

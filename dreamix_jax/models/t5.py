@@ -6,8 +6,9 @@ is RMSNorm (scale only, statistics in float32); attention has no biases and no 1
 (it is folded into the trained query weights); one relative-position bias table (bidirectional
 buckets) is built once and shared by every layer.
 
-Two tokenizers produce T5 ids: SentencePiece for a real `spiece.model`, and a byte-level one
-(ByT5 ids) that needs no file and serves the shipped tiny encoder.
+Three tokenizers produce T5 ids: SentencePiece for a real `spiece.model`; a byte-level one (ByT5
+ids) that needs no file; and a word-level one for a small closed vocabulary (the shipped tiny
+encoder's caption grammar), which spells any other word in bytes.
 
 Classifier-free guidance's null condition is explicit: `null_text` gives all-zero embeddings
 with an all-False mask, i.e. "no tokens". Attention reads nothing for a query that sees no key
@@ -222,6 +223,25 @@ class ByteTokenizer:
         return [b + 3 for b in text.encode("utf-8")] + [EOS_ID]
 
 
+class WordTokenizer:
+    """One id per vocabulary word (after the byte ids: word i → 259 + i); any other word is spelt in
+    ByT5 bytes followed by a space byte, so no prompt is lost. Words are split on whitespace, lower-cased."""
+
+    def __init__(self, words: Sequence[str]):
+        words = [w.lower() for w in words]
+        if len(set(words)) != len(words) or any(not w or w.split() != [w] for w in words):
+            raise ValueError(f"A word vocabulary needs distinct single words, got {list(words)}.")
+        self.ids = {w: ByteTokenizer.vocab_size + i for i, w in enumerate(words)}
+        self.vocab_size = ByteTokenizer.vocab_size + len(words)
+        self.name = "words-" + hashlib.sha256(" ".join(words).encode()).hexdigest()[:16]
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in text.lower().split():
+            ids += [self.ids[word]] if word in self.ids else [b + 3 for b in (word + " ").encode("utf-8")]
+        return ids + [EOS_ID]
+
+
 class SentencePieceTokenizer:
     """T5's SentencePiece vocabulary (`spiece.model`), EOS appended as by T5."""
 
@@ -248,13 +268,16 @@ class SentencePieceTokenizer:
 
 
 def make_tokenizer(cfg: Mapping[str, Any]) -> Tokenizer:
-    """The tokenizer a config names: `{"kind": "bytes"}` or `{"kind": "sentencepiece", "path": ...}`."""
+    """The tokenizer a config names: `{"kind": "bytes"}`, `{"kind": "words", "words": [...]}` or
+    `{"kind": "sentencepiece", "path": ...}`."""
     kind = cfg.get("kind")
     if kind == "bytes":
         return ByteTokenizer()
+    if kind == "words":
+        return WordTokenizer(cfg.get("words") or ())
     if kind == "sentencepiece":
         return SentencePieceTokenizer(cfg.get("path") or "")
-    raise ValueError(f"Unknown tokenizer kind {kind!r}; use 'bytes' or 'sentencepiece'.")
+    raise ValueError(f"Unknown tokenizer kind {kind!r}; use 'bytes', 'words' or 'sentencepiece'.")
 
 
 def tokenize(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
