@@ -52,12 +52,13 @@ def get_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
     if arg.variant == "tiny":
         config.text = t5_configs.get_config("tiny")
         text = dict(text_dim=config.text.model.d_model, num_heads=2, num_groups=8)
-        # The base model attends in space and time; SR models use temporal convolutions only,
+        # The base model attends in space and time and reads the text at both of its levels (one
+        # cross-attention level at 8×8 left its shape and motion words unread); SR models use temporal convolutions only,
         # and the last SSR is fully convolutional (no attention at all). SR stages train with
         # conditioning noised to at most t = 0.2 (near the 0.1 they sample at): with little
         # training they learn to sharpen their input rather than to ignore it.
         order, stages = _chain(
-            ("base", "base", 8, 16, 16, 4, dict(channels=(32, 64), attention_levels=(1,),
+            ("base", "base", 8, 16, 16, 4, dict(channels=(32, 64), attention_levels=(0, 1),
                                                   temporal_attention_levels=(0, 1), **text),
              dict(steps=32, guidance=3.0, finetune=True)),
             ("tsr", "tsr", 16, 16, 16, 8, dict(channels=(32, 64), attention_levels=(1,),

@@ -51,6 +51,7 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     config.w_video = 1.0
     config.alpha = 0.5
     config.frames_share = 1.0  # share of each batch the frames path sees (< 1 makes pretraining cheaper)
+    config.time_power = 1.0  # noise levels t = 1 − (1 − u)^p: p > 1 trains more at high noise
     config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
     config.train_text_encoder = arg.variant == "base"
     config.text_encoder_from = ""  # a base-stage workdir (or weights file) whose encoder an SR stage reads, frozen

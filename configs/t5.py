@@ -1,6 +1,7 @@
 r"""T5 v1.1 text-encoder configs: a tiny byte-level one and the public v1.1 sizes.
 
-  tiny    2 layers, 32 wide, byte-level tokenizer; the tests' and the shipped cascade's encoder.
+  tiny    2 layers, 32 wide; the tests' and the shipped cascade's encoder. Its tokenizer gives each
+          word of the synthetic captions' grammar one id and spells any other word in bytes.
   small, base, large, xl, xxl
           the T5 v1.1 encoders (vocab 32128, SentencePiece). Imagen Video uses xxl: 4096 wide,
           24 layers, 64 heads × 64, gated-GELU MLP 10240.
@@ -19,6 +20,11 @@ Compile-time memory of the xxl encoder on the emulated mesh (and a TPU topology 
 import ml_collections
 
 from configs import common
+from dreamix_jax.data import synthetic
+
+# The synthetic captions' grammar ("a red circle moving left on a gray background"): one token a word.
+CAPTION_WORDS = ("a", "on", "background", "moving", "standing", *synthetic.COLORS, *synthetic.SHAPES,
+                 *synthetic.DIRECTIONS, *synthetic.BACKGROUNDS)
 
 # (d_model, num_heads, num_layers, mlp_dim); head_dim is 64 throughout v1.1.
 SIZES = {
@@ -41,8 +47,8 @@ def get_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
 
     if arg.variant == "tiny":
         config.model = dict(vocab_size=384, d_model=32, num_heads=4, head_dim=8, num_layers=2, mlp_dim=64)
-        config.tokenizer = dict(kind="bytes", path="")
-        config.max_length = 64  # bytes: "a red circle moving left on a gray background" is 47 with EOS
+        config.tokenizer = dict(kind="words", words=CAPTION_WORDS, path="")
+        config.max_length = 32  # a caption is 10 tokens with EOS; a word outside the grammar costs its bytes + 1
     else:
         d_model, heads, layers, mlp = SIZES[arg.variant]
         config.model = dict(vocab_size=32128, d_model=d_model, num_heads=heads, head_dim=64,

@@ -35,6 +35,7 @@ def unet_loss(
     frames_independent: bool,
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
+    time_power: float = 1.0,
 ) -> jax.Array:
     """Mean v-prediction loss of the U-Net on a batch; time, noise, augmentation and dropout drawn from `key`."""
     # Fresh variable objects for this trace: `rest` (RNG state) arrives closed over by grad.
@@ -49,7 +50,7 @@ def unet_loss(
         return model(z, logsnr, batch["text"], batch["text_mask"], cond=cond, cond_logsnr=cond_logsnr,
                      frames_independent=frames_independent)
 
-    return v_loss(denoise, batch["video"], noise_key, schedule).mean()
+    return v_loss(denoise, batch["video"], noise_key, schedule, time_power).mean()
 
 
 def dreamix_loss(
@@ -64,6 +65,7 @@ def dreamix_loss(
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
     frames_examples: int = 0,
+    time_power: float = 1.0,
 ) -> jax.Array:
     """`w_video · L_video + α · L_frames` with `weights = (w_video, α)`; only the static `paths` run.
 
@@ -74,7 +76,8 @@ def dreamix_loss(
     unknown = set(paths) - set(PATHS)
     if unknown or not paths:
         raise ValueError(f"paths must be a non-empty subset of {PATHS}, got {tuple(paths)}.")
-    loss_fn = functools.partial(unet_loss, graphdef, params, rest, schedule=schedule, cond_aug_max=cond_aug_max)
+    loss_fn = functools.partial(unet_loss, graphdef, params, rest, schedule=schedule, cond_aug_max=cond_aug_max,
+                                time_power=time_power)
     loss = jnp.float32(0.0)
     if "video" in paths:
         loss += weights[0] * loss_fn(batch, key, frames_independent=False)
@@ -115,6 +118,7 @@ def make_train_step(
     schedule: Schedule = Schedule(),
     cond_aug_max: float = 0.0,
     frames_examples: int = 0,
+    time_power: float = 1.0,
 ) -> Callable:
     """`step(params, opt_state, rest, batch, key, weights=None, learning_rate=None)
     -> (params, opt_state, loss, grad_norm)`, not jitted.
@@ -123,7 +127,7 @@ def make_train_step(
     rate of an optimizer from `make_optimizer`, so a sweep over it never recompiles.
     """
     loss_fn = functools.partial(dreamix_loss, graphdef, paths=tuple(paths), schedule=schedule,
-                                cond_aug_max=cond_aug_max, frames_examples=frames_examples)
+                                cond_aug_max=cond_aug_max, frames_examples=frames_examples, time_power=time_power)
 
     def step(params, opt_state, rest, batch, key, weights=None, learning_rate=None):
         weights = jnp.ones(2, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)

@@ -95,7 +95,10 @@ def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
                             manager.item_metadata(step)["state"])
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     manager.close()
-    return step, restored.get("ema") or restored["params"]
+    weights = dict(restored.get("ema") or restored["params"])
+    for name, frozen in (restored.get("frozen") or {}).items():  # weights the run kept fixed
+        weights.setdefault(name, frozen)
+    return step, weights
 
 
 def stage_weights(source: str | os.PathLike, stage: str) -> tuple[int, dict[str, np.ndarray]]:

@@ -150,6 +150,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if config.text_encoder_from:
         nnx.update(model.text_encoder, load_text_encoder(config.text_encoder_from, model))
     graphdef, params, rest = nnx.split(model, trainable(config), ...)
+    # Weights kept frozen (a text encoder not trained here) are saved with every checkpoint, so a
+    # workdir always holds every weight its U-Net was trained against.
+    frozen = nnx.state(model, nnx.All(nnx.Param, nnx.Not(trainable(config))))
     optimizer_settings = (("weight_decay", config.weight_decay), ("clip", config.grad_clip))
     optimizer = objective.make_optimizer(**dict(optimizer_settings))
     # Adam moments follow their weights' sharding; scalars (step counts) are replicated.
@@ -158,7 +161,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     make_step = functools.partial(
         _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, crop=crop, paths=paths, schedule=schedule,
         text_dropout=config.text_dropout, warmup=config.warmup_steps, total=config.total_steps,
-        lr_schedule=config.lr_schedule, ema_decay=config.ema_decay, frames_examples=frames_examples)
+        lr_schedule=config.lr_schedule, ema_decay=config.ema_decay, frames_examples=frames_examples,
+        time_power=config.get("time_power", 1.0))
     out_shardings = (*jax.tree.map(lambda x: x.sharding, (params, opt_state, ema)), None)
 
     # ---- Conditioning probe: does the stage read each word of its caption? (probe.py) ------------
@@ -177,7 +181,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     start = 0
     if manager.latest_step() is not None:
         start = manager.latest_step()
-        target = dict(params=params, opt_state=opt_state, ema=ema)
+        target = dict(params=params, opt_state=opt_state, ema=ema, frozen=frozen)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
         restored = manager.restore(start, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
@@ -189,7 +193,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     def save(step: int) -> None:
         manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state, ema=ema)),
+            state=ocp.args.StandardSave(dict(params=params, opt_state=opt_state, ema=ema, frozen=frozen)),
             data=grain.checkpoint.CheckpointSave(data_iter), config=ocp.args.JsonSave(config.to_dict())), force=True)
         manager.wait_until_finished()
 
@@ -262,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
-                crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay, frames_examples):
+                crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay, frames_examples, time_power):
     """One optimisation step on a raw batch (clips at any size and tokenised captions)."""
     video, cond = cascade.training_pair(raw["video"], stage, crop, jax.random.fold_in(key, 1) if crop else None)
     drop_key, step_key = jax.random.split(key)
@@ -273,7 +277,8 @@ def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, 
         batch["cond"] = cond
     optimizer = objective.make_optimizer(**dict(optimizer_settings))
     step_fn = objective.make_train_step(graphdef, optimizer, paths=paths, schedule=schedule,
-                                        cond_aug_max=stage.train_cond_aug, frames_examples=frames_examples)
+                                        cond_aug_max=stage.train_cond_aug, frames_examples=frames_examples,
+                                        time_power=time_power)
     lr = peak_lr * lr_multiplier(step, warmup, total, lr_schedule)
     params, opt_state, loss, grad_norm = step_fn(params, opt_state, rest, batch, step_key, weights, lr)
     if ema is not None:

@@ -42,7 +42,7 @@ def saved_params(workdir, step):
 
 def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
     straight = str(tmp_path / "straight")
-    train.train(smoke_config(data_dir), straight)
+    train.train(smoke_config(data_dir, probe_every=2, probe_clips=8), straight)
 
     def stop_at_two(step, metrics):
         if step == 2:
@@ -64,8 +64,11 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
     assert any(np.abs(np.asarray(x) - np.asarray(y)).max() > 0
                for x, y in zip(leaves_a, jax.tree.leaves(at_two), strict=True))
 
-    logs = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
-    assert [m["step"] for m in logs] == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+    logs = [m for m in rows if "loss" in m]
+    probes = [m for m in rows if "probe/shape" in m]
+    assert [m["step"] for m in logs] == [1, 2, 3, 4] and [m["step"] for m in probes] == [2, 4]
+    assert all(np.isfinite(m[f"probe/{a}@0.9"]) for m in probes for a in ("color", "shape", "direction", "background"))
     assert all(np.isfinite(m["loss"]) and m["examples_per_s"] > 0 and m["flops_per_s"] > 0 for m in logs)
     assert json.load(open(os.path.join(straight, "config.json")))["stage"] == "base"
     assert os.listdir(os.path.join(straight, "tensorboard"))

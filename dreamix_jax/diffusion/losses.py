@@ -40,20 +40,27 @@ def v_from_x(z: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array) -> 
     return (per_example(alpha, z) * z - x) / per_example(sigma, z)
 
 
-def v_loss_terms(x: jax.Array, key: jax.Array, schedule: Schedule = Schedule()
+def v_loss_terms(x: jax.Array, key: jax.Array, schedule: Schedule = Schedule(), time_power: float = 1.0
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Draw per-example times and noise: returns (z, logsnr (B,), target v)."""
+    """Draw per-example times and noise: returns (z, logsnr (B,), target v).
+
+    Times are t = 1 − (1 − u)^time_power with u ~ U(0, 1): 1 is uniform; larger powers train more
+    often at high noise, where a small stage decides what its prompt asks for.
+    """
     t_key, eps_key = jax.random.split(key)
     x = x.astype(jnp.float32)
     t = jax.random.uniform(t_key, x.shape[:1])
+    if time_power != 1.0:
+        t = 1.0 - (1.0 - t) ** time_power
     eps = jax.random.normal(eps_key, x.shape, jnp.float32)
     logsnr = schedule.logsnr(t)
     alpha, sigma = schedule.alpha_sigma(t)
     return noisy(x, eps, alpha, sigma), logsnr, v_target(x, eps, alpha, sigma)
 
 
-def v_loss(denoise_fn: Denoiser, x: jax.Array, key: jax.Array, schedule: Schedule = Schedule()) -> jax.Array:
-    """Per-example (B,) mean squared error of the v-prediction, time t ~ U(0, 1) per example."""
-    z, logsnr, v = v_loss_terms(x, key, schedule)
+def v_loss(denoise_fn: Denoiser, x: jax.Array, key: jax.Array, schedule: Schedule = Schedule(),
+           time_power: float = 1.0) -> jax.Array:
+    """Per-example (B,) mean squared error of the v-prediction, times drawn as in `v_loss_terms`."""
+    z, logsnr, v = v_loss_terms(x, key, schedule, time_power)
     err = jnp.square(denoise_fn(z, logsnr).astype(jnp.float32) - v)
     return err.mean(axis=tuple(range(1, err.ndim)))
