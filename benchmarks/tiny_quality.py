@@ -11,6 +11,7 @@ super-resolution stages keep of what the base made). Prints tables and writes JS
 """
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -42,11 +43,15 @@ def main() -> None:
     parser.add_argument("--weights", default=str(pretrained.SHIPPED))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--base-only", action="store_true",
+                        help="sample and score the base stage alone (a quick check of a training run)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "tiny_quality.json"))
     args = parser.parse_args()
 
     model = pretrained.load(args.weights)
-    final = model.final
+    final = model.final  # every stage's output is scored at the cascade's output size
+    if args.base_only:
+        model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
     pairs = captions(args.samples)
     # One detection list per stage: each stage's output enlarged to the final size.
     by_stage: dict[str, list[evaluate.Detection]] = {s.name: [] for s in model.stages}
@@ -61,7 +66,7 @@ def main() -> None:
             enlarged = cascade.resize_space(cascade.resample_time(video, final.frames), final.height, final.width)
             by_stage[stage.name] += [evaluate.detect(v) for v in np.asarray(jnp.clip(enlarged, -1.0, 1.0))]
         print(f"sampled {first + len(chunk)}/{len(pairs)} ({time.perf_counter() - start:.0f} s)", flush=True)
-    detections, base_detections = by_stage[final.name], by_stage[model.base.name]
+    detections, base_detections = by_stage[model.final.name], by_stage[model.base.name]
     truths = [a for _, a in pairs]
     half = len(pairs) // 2
     groups = {"all": slice(None), "seen pairs": slice(0, half), "held-out pairs": slice(half, None)}

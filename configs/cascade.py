@@ -1,7 +1,7 @@
 r"""Cascade configs: a tiny four-stage cascade and the paper-scale seven-stage Imagen Video cascade.
 
   tiny          base 8×16×16 @ 4 fps → TSR 16×16×16 @ 8 fps → SSR 16×32×32 → SSR 16×64×64, small
-                widths and the tiny byte-level T5; what the tests and the shipped model use.
+                widths and the tiny T5 (word-level tokens); what the tests and the shipped model use.
   imagen_video  base 16×24×40 @ 3 fps → TSR ×2 → SSR ×2 → SSR ×4 → TSR ×2 → TSR ×2 → SSR ×4,
                 ending at 128×768×1280 @ 24 fps, T5-XXL text; ~11.6B diffusion parameters.
                 Compiled for memory plans only (benchmarks/cascade_memory.py), never trained here.

@@ -1,4 +1,4 @@
-r"""T5 v1.1 text-encoder configs: a tiny byte-level one and the public v1.1 sizes.
+r"""T5 v1.1 text-encoder configs: a tiny one for the synthetic captions and the public v1.1 sizes.
 
   tiny    2 layers, 32 wide; the tests' and the shipped cascade's encoder. Its tokenizer gives each
           word of the synthetic captions' grammar one id and spells any other word in bytes.

@@ -70,9 +70,13 @@ class MultiHeadAttention(nnx.Module):
         *,
         bias: jax.Array | None = None,
         mask: jax.Array | None = None,
+        position: jax.Array | None = None,
     ) -> jax.Array:
-        """x: (B, L, C); context: (B, S, C_ctx) or None for self-attention."""
+        """x: (B, L, C); context: (B, S, C_ctx) or None for self-attention; `position` (L, C) is added
+        to the normalised sequence before the projections (self-attention only)."""
         h = self.norm(x)
+        if position is not None:
+            h = h + position
         context = h if context is None else context
         out = attention(self.query(h), self.key(context), self.value(context), bias=bias, mask=mask)
         return x + self.out(out)

@@ -87,7 +87,8 @@ class CrossAttention(nnx.Module):
 
 
 class TemporalAttention(nnx.Module):
-    """Self-attention over frames at each pixel, with a learned bias per head and frame offset."""
+    """Self-attention over frames at each pixel, with a learned bias per head and frame offset, and a
+    learned embedding of each frame's position in the clip."""
 
     def __init__(self, channels: int, num_heads: int, max_distance: int, *, param_dtype: jnp.dtype,
                  rngs: nnx.Rngs, **kw):
@@ -98,16 +99,25 @@ class TemporalAttention(nnx.Module):
         self.relative_bias = nnx.Param(
             logical(nnx.initializers.zeros, "heads", "relpos")(rngs.params(), (num_heads, 2 * max_distance + 1),
                                                                param_dtype))
+        # Relative offsets alone make the layer blind to where a frame sits in the clip, and so is
+        # every per-frame layer: from noise, "moving left" (on the right early, on the left late)
+        # cannot be told from "moving right". Frames past the table share its last row.
+        self.frame_embedding = nnx.Param(logical(nnx.initializers.normal(0.02), "relpos", "embed")(
+            rngs.params(), (max_distance + 1, channels), param_dtype))
 
     def __call__(self, x: jax.Array, frames_independent: bool) -> jax.Array:
         b, t, h, w, _ = x.shape
         offsets = jnp.arange(t)[None, :] - jnp.arange(t)[:, None]  # key frame − query frame
         bucket = jnp.clip(offsets, -self.max_distance, self.max_distance) + self.max_distance
         bias = self.relative_bias[...][:, bucket][None].astype(jnp.float32)  # (1, heads, T, T)
-        # The fixed identity mask of the frames objective: each frame attends only to itself.
-        mask = jnp.eye(t, dtype=bool)[None, None] if frames_independent else None
         tokens = einops.rearrange(x, "b t h w c -> (b h w) t c")
-        out = self.attn(tokens, bias=bias, mask=mask)
+        if frames_independent:
+            # The fixed identity mask of the frames objective: each frame attends only to itself,
+            # and an unordered set of frames has no positions.
+            out = self.attn(tokens, bias=bias, mask=jnp.eye(t, dtype=bool)[None, None])
+        else:
+            position = self.frame_embedding[...][jnp.minimum(jnp.arange(t), self.max_distance)]
+            out = self.attn(tokens, bias=bias, position=position.astype(tokens.dtype))
         return einops.rearrange(out, "(b h w) t c -> b t h w c", b=b, h=h, w=w)
 
 
