@@ -27,7 +27,7 @@ from configs import common
 
 # (global batch, steps, training crop) per stage of the tiny cascade. SR stages learn from random
 # (frames, pixels) windows: their job is local, and a window costs 1/8 (tsr) to 1/64 (ssr2) of a clip.
-_BUDGET = {"base": (16, 1000, ()), "tsr": (16, 1500, (8, 8)), "ssr1": (16, 1500, (4, 16)),
+_BUDGET = {"base": (16, 4000, ()), "tsr": (16, 1500, (8, 8)), "ssr1": (16, 1500, (4, 16)),
            "ssr2": (16, 1200, (4, 16))}
 
 
@@ -41,8 +41,8 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     config.stage = arg.variant
 
     config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train")
-    # Sized for 2 CPU cores: the base stage (which also teaches the text encoder) gets most of the
-    # compute; SR stages mostly learn to sharpen their conditioning video and converge quickly.
+    # Sized for 2 CPU cores: the base stage gets most of the compute; SR stages mostly learn to
+    # sharpen their conditioning video and converge quickly.
     batch, steps, crop = _BUDGET[arg.variant]
     config.batch_size = 4 if arg.smoke else batch  # global
     config.total_steps = 8 if arg.smoke else steps
@@ -50,21 +50,27 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     # Mixed objective: w_video · L_video + alpha · L_frames (a weight of 0 skips its program).
     config.w_video = 1.0
     config.alpha = 0.5
-    config.frames_share = 1.0  # share of each batch the frames path sees (< 1 makes pretraining cheaper)
-    config.time_power = 1.0  # noise levels t = 1 − (1 − u)^p: p > 1 trains more at high noise
+    # The base stage's frames path sees a quarter of each batch: the image skill at a quarter of its cost.
+    config.frames_share = 0.25 if arg.variant == "base" and not arg.smoke else 1.0
+    # Noise levels t = 1 − (1 − u)^p: the base stage decides what its prompt asks for at high noise
+    # (below t ≈ 0.8 the noisy clip itself shows colour and motion), so it trains there more often.
+    config.time_power = 2.0 if arg.variant == "base" else 1.0
     config.text_dropout = 0.1  # share of prompts replaced by the null condition (guidance)
-    config.train_text_encoder = arg.variant == "base"
+    # The encoder stays at its (seeded) initialisation, frozen, as Imagen's T5 is: with one token per
+    # caption word its outputs already tell every attribute apart, and every stage reads the same
+    # embeddings from the start. The smoke variant trains it, to keep joint training covered.
+    config.train_text_encoder = arg.smoke and arg.variant == "base"
     config.text_encoder_from = ""  # a base-stage workdir (or weights file) whose encoder an SR stage reads, frozen
     config.init_from = ""  # a weights file or workdir whose stage (and encoder) a fresh run starts from
 
     config.lr = 1e-3
-    config.lr_schedule = "cosine"  # or "constant"
+    config.lr_schedule = "constant" if arg.variant == "base" else "cosine"  # the base run is stopped, not finished
     config.warmup_steps = 2 if arg.smoke else 100
     config.weight_decay = 0.0
     config.grad_clip = 1.0
     config.ema_decay = 0.0 if arg.smoke else 0.995  # 0 keeps no EMA copy
 
-    config.checkpoint_every = 4 if arg.smoke else 200
+    config.checkpoint_every = 4 if arg.smoke else 100
     config.keep_checkpoints = 2
     config.log_every = 1 if arg.smoke else 25
     # The conditioning probe (dreamix_jax/probe.py): caption-swap error gaps on fixed test clips.

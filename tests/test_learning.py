@@ -83,5 +83,11 @@ def test_mixed_objective_is_the_weighted_sum_and_alpha_is_traced(tiny_config, pe
         np.testing.assert_allclose(float(mixed(graphdef, params, rest, batch, key, np.float32(weights))),
                                    weights[0] * video + weights[1] * frames, rtol=1e-5)
     assert mixed._cache_size() == 1  # a sweep over (w_video, α) reuses one program
+    # Pretraining's cheaper frames path: only the batch's first example(s) are seen as images.
+    share = jax.jit(functools.partial(dreamix_loss, paths=("frames",), frames_examples=1), static_argnums=0)
+    first = {name: value[:1] for name, value in batch.items()}
+    np.testing.assert_allclose(
+        float(share(graphdef, params, rest, batch, key, np.float32([0.0, 1.0]))),
+        float(single(graphdef, params, rest, first, jax.random.fold_in(key, 1), frames_independent=True)), rtol=1e-5)
     with pytest.raises(ValueError, match="paths must be a non-empty subset"):
         dreamix_loss(graphdef, params, rest, batch, key, np.ones(2), paths=("audio",))
