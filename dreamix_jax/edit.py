@@ -27,7 +27,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, dreamix, pretrained
+from dreamix_jax import cascade, dreamix, evaluate, pretrained
 from dreamix_jax.data import video_io
 from dreamix_jax.sharding import make_mesh
 
@@ -158,6 +158,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                                                              shape=list(video.shape), fps=final.fps),
             finetune=finetune_record, sampling_seconds_per_stage=seconds, batch=len(requests),
             weights=model.meta, config=config.to_dict())
+        scores = evaluate.edit_scores(video, shown_input, request.prompt)
+        if scores is not None:  # a prompt in the synthetic captions' grammar: the detector's reading
+            result.update(scores=scores, detected=dict(
+                input=dataclasses.asdict(evaluate.detect(shown_input)), output=dataclasses.asdict(evaluate.detect(video))))
         video_io.write_text(folder / "result.json", json.dumps(result, indent=2))
         results.append(result)
     log.info("Done in %.1f s.", time.perf_counter() - started)

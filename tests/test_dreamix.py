@@ -116,6 +116,10 @@ def test_the_pipeline_writes_every_output(cli_run, shipped):
     assert set(saved["finetune"]["stages"]) == {"base", "ssr1", "ssr2"}  # the stages the config marks
     assert saved["finetune"]["reused"] is False and saved["config"]["finetune"]["steps"] == 3
     assert evaluate.detect(video).background != "none"
+    # The prompt follows the captions' grammar, so the detector's reading and the edit's scores are saved.
+    assert saved["detected"]["input"]["color"] == "green" and saved["detected"]["input"]["direction"] == "left"
+    assert set(saved["detected"]["output"]) >= {"color", "shape", "direction", "background", "size", "start"}
+    assert 0.0 <= saved["scores"]["alignment"] <= 1.0 and 0.0 <= saved["scores"]["fidelity"] <= 1.0
 
 
 def test_a_second_edit_reuses_the_stored_finetune(cli_run):
