@@ -1,23 +1,22 @@
 r"""Pretraining one stage of the tiny cascade on the synthetic `shapes_video` clips.
 
-The base stage trains jointly with the tiny byte-level T5 encoder (no pretrained T5 can be
-fetched here); SR stages read prompts through that encoder, frozen, from the base run's workdir.
-Joint video–image training: the video path sees whole clips with their captions, the frames path
-sees the same frames as independent images with motion-free captions.
+Every stage reads prompts through the tiny T5 encoder at its seeded initialisation, frozen (no
+pretrained T5 can be fetched here; its word-level tokens already tell the caption's attributes
+apart), so all stages can train at once. Joint video–image training: the video path sees whole
+clips with their captions, the frames path sees frames as independent images with motion-free
+captions. `train.py` logs the conditioning probe (`dreamix_jax/probe.py`) every `probe_every` steps.
 
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:ssr1 --workdir /tmp/shapes/ssr1 \
       --config.text_encoder_from=/tmp/shapes/base
 
-`text_encoder_from` may also name a cascade weights file (dreamix_jax/assets/tiny_cascade.npz) to
-retrain an SR stage against the shipped encoder. `init_from` warm-starts a fresh run from a stage
-of a weights file or workdir; continuing the shipped base stage with its encoder frozen keeps the
-shipped SR stages valid:
+`text_encoder_from` may also name a cascade weights file. `init_from` warm-starts a fresh run from
+a stage of a weights file or workdir; the shipped SR stages were warm-started from the previous
+shipped file (whose encoder they replace by the base run's):
 
-  python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base2 \
-      --config.init_from=dreamix_jax/assets/tiny_cascade.npz --config.train_text_encoder=False \
-      --config.text_encoder_from=dreamix_jax/assets/tiny_cascade.npz --config.total_steps=2600 \
-      --config.lr_schedule=constant --config.ema_decay=0.998
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:tsr --workdir /tmp/shapes/tsr \
+      --config.text_encoder_from=/tmp/shapes/base --config.init_from=<previous weights file> \
+      --config.total_steps=600 --config.warmup_steps=20 --config.probe_every=200
 """
 
 import ml_collections
