@@ -232,21 +232,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                flops_per_s=steps * flops_per_step / elapsed)
                 tick, ticked = time.perf_counter(), done
                 if lead:
-                    log_file.write(json.dumps(metrics) + "\n")
-                    log_file.flush()
-                    for name, value in metrics.items():
-                        writer.add_scalar(name, value, done)
+                    _log_row(log_file, writer, metrics)
             if probe_every and (done % probe_every == 0 or done == config.total_steps):
                 errors = probe_errors(ema if ema is not None else params, rest, *probe_inputs, jax.random.key(0))
                 probed = dict(step=done, **probe.summary(probe.gaps(np.asarray(errors))))
                 log.info("Probe at step %d: %s", done, ", ".join(
                     f"{a} {probed[f'probe/{a}']:+.1%}" for a in probe.ATTRIBUTES))
                 if lead:
-                    log_file.write(json.dumps(probed) + "\n")
-                    log_file.flush()
-                    for name, value in probed.items():
-                        if name != "step":
-                            writer.add_scalar(name, value, done)
+                    _log_row(log_file, writer, probed)
             if on_step is not None:
                 on_step(done, metrics)
             stopping = stop(done)
@@ -334,6 +327,15 @@ def load_stage(source: str, stage: str, model: TextToVideo) -> None:
         state = nnx.state(module, nnx.Param)
         pretrained.fill(state, arrays, part)
         nnx.update(module, state)
+
+
+def _log_row(log_file, writer, row: dict[str, Any]) -> None:
+    """One row of metrics (with its `step`) to metrics.jsonl and TensorBoard."""
+    log_file.write(json.dumps(row) + "\n")
+    log_file.flush()
+    for name, value in row.items():
+        if name != "step":
+            writer.add_scalar(name, value, row["step"])
 
 
 def _progress(lead: bool, start: int, total: int):
