@@ -8,14 +8,12 @@ side-by-side comparison of each.
   python -m dreamix_jax.demo --workdir /tmp/dreamix_demo
 """
 
-import logging
 import time
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
 from configs import dreamix as dreamix_configs
-from dreamix_jax import edit
+from dreamix_jax import cli, edit
 
 PROMPTS = (
     "a green circle moving right on a gray background",  # appearance
@@ -26,14 +24,17 @@ PROMPTS = (
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dreamix_demo", "Where the finetune and the edits are written.")
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    started = time.perf_counter()
+def run(workdir: str) -> list[dict]:
+    """The demo's edits, written under `workdir`."""
     config = dreamix_configs.get_config("video")
     config.prompt = ";".join(PROMPTS)
-    results = edit.run(config, _WORKDIR.value)
+    return edit.run(config, workdir)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    started = time.perf_counter()
+    results = cli.run(lambda _, workdir: run(workdir), None, _WORKDIR.value, purpose="demo")
     print(f"Input: {edit.EXAMPLE_CLIP} ({edit.EXAMPLE_CAPTION})")
     for result in results:
         print(f"{result['request']['prompt']!r}:\n  {result['output']['video']}\n  {result['output']['comparison']}")
@@ -41,4 +42,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

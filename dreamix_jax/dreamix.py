@@ -19,9 +19,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +33,7 @@ import tqdm
 from flax import nnx
 
 from dreamix_jax import cascade, objective
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.pretrained import Cascade
 from dreamix_jax.sharding import on_mesh
 from dreamix_jax.text import weights_fingerprint
@@ -74,20 +75,26 @@ def check_edit_args(prompts: Sequence[str], s_values: Sequence[float]) -> None:
         raise ValueError(f"Noise strength s={bad[0]} is outside [0, 1]; 0 keeps the input, 1 ignores it.")
 
 
-def check_finetune(settings: FinetuneSettings, cascade_: Cascade) -> tuple[cascade.Stage, ...]:
-    """The stages to finetune, after one-sentence errors for unusable settings."""
-    names = [s.name for s in cascade_.stages]
+def check_finetune(settings: FinetuneSettings, stages: Sequence[cascade.Stage]) -> tuple[cascade.Stage, ...]:
+    """The stages (of a cascade's `stages`) to finetune, after one-sentence errors for unusable settings."""
+    names = [s.name for s in stages]
     unknown = [n for n in settings.stages if n not in names]
     if unknown:
         raise ValueError(f"Cannot finetune unknown stages {unknown}; the cascade has {names}.")
     if settings.steps and not settings.paths:
         raise ValueError("Both w_video and alpha are 0, so finetuning has no objective; set one of them above 0.")
-    if settings.steps < 0 or settings.lr < 0:
-        raise ValueError(f"Finetuning steps ({settings.steps}) and lr ({settings.lr}) cannot be negative.")
+    if not isinstance(settings.steps, int) or settings.steps < 0:
+        raise ValueError(f"Finetuning steps is {settings.steps!r}; give a whole number, 0 or more.")
+    weights = dict(lr=settings.lr, w_video=settings.w_video, alpha=settings.alpha)
+    bad = [f"{k}={v!r}" for k, v in weights.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(f"Finetuning {bad[0]} is not a finite number ≥ 0; give one such as the config's default.")
+    if settings.steps and settings.lr == 0:
+        raise ValueError("The finetuning lr is 0, so finetuning would change nothing; set lr above 0 or steps=0.")
     if not settings.prompt.strip():
         raise ValueError("The finetuning prompt is empty; use a rare token such as 'sks'.")
-    chosen = settings.stages or tuple(s.name for s in cascade_.stages if s.finetune)
-    return tuple(s for s in cascade_.stages if s.name in chosen)
+    chosen = settings.stages or tuple(s.name for s in stages if s.finetune)
+    return tuple(s for s in stages if s.name in chosen)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,10 +159,8 @@ def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade
 
 def _save_params(path: pathlib.Path, unet: nnx.Module) -> None:
     flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **flat)
-    os.replace(tmp, path)
+    with workdir_lib.atomic_path(path) as tmp:
+        np.savez(tmp, **flat)
 
 
 def _load_params(path: pathlib.Path, unet: nnx.Module) -> nnx.Module:
@@ -179,22 +184,18 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
     """
     if any(not 0 < k < settings.steps for k in also_at):
         raise ValueError(f"also_at {tuple(also_at)} must lie strictly between 0 and steps ({settings.steps}).")
-    stages = check_finetune(settings, cascade_)
+    stages = check_finetune(settings, cascade_.stages)
     key = finetune_key(clip, settings, cascade_)
     record: dict[str, Any] = dict(key=key, settings=dataclasses.asdict(settings), reused=False, stages={})
     if not settings.steps or not stages:
         return cascade_, record
     folder = pathlib.Path(workdir, "finetunes", key) if workdir else None
     shorter = {k: dataclasses.replace(settings, steps=k) for k in also_at}
-    stored = lambda f: (f / "finetune.json").is_file()  # noqa: E731
-    if folder is not None and stored(folder) and all(stored(folder.parent / finetune_key(clip, short, cascade_))
-                                                     for short in shorter.values()):
-        unets = list(cascade_.unets)
-        for i, stage in enumerate(cascade_.stages):
-            if stage in stages:
-                unets[i] = _load_params(folder / f"{stage.name}.npz", unets[i])
-        log.info("Reusing the finetune stored in %s.", folder)
-        return cascade_.with_unets(unets), {**json.loads((folder / "finetune.json").read_text()), "reused": True}
+    if folder is not None and all(_stored(folder.parent / finetune_key(clip, short, cascade_))
+                                  for short in shorter.values()):
+        reused = _reuse(cascade_, stages, folder)
+        if reused is not None:
+            return reused
 
     text, mask = cascade_.text([settings.prompt])
     unets = list(cascade_.unets)
@@ -220,6 +221,30 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
     return cascade_.with_unets(unets), record
 
 
+def _stored(folder: pathlib.Path) -> bool:
+    """Whether a complete, readable finetune record is stored in `folder` (unreadable ones are rebuilt)."""
+    return workdir_lib.read_json_or_none(folder / "finetune.json") is not None
+
+
+def _reuse(cascade_: Cascade, stages: Sequence[cascade.Stage],
+           folder: pathlib.Path) -> tuple[Cascade, dict[str, Any]] | None:
+    """The cascade with the finetune stored in `folder`, or None when it is missing or damaged."""
+    record = workdir_lib.read_json_or_none(folder / "finetune.json")
+    if record is None:
+        return None
+    unets = list(cascade_.unets)
+    try:
+        for i, stage in enumerate(cascade_.stages):
+            if stage in stages:
+                unets[i] = _load_params(folder / f"{stage.name}.npz", unets[i])
+    except Exception as error:  # a damaged or foreign weights file: finetune again rather than fail forever
+        log.warning("Ignoring the damaged finetune in %s (%s: %s); it will be rebuilt.", folder,
+                    type(error).__name__, error)
+        return None
+    log.info("Reusing the finetune stored in %s.", folder)
+    return cascade_.with_unets(unets), {**record, "reused": True}
+
+
 def _stage_record(losses: list[float], seconds: float) -> dict[str, float]:
     return dict(first_loss=losses[0], last_loss=losses[-1], mean_loss_last_10=float(np.mean(losses[-10:])),
                 seconds=round(seconds, 2))
@@ -231,7 +256,7 @@ def _store(folder: pathlib.Path, all_stages, tuned_stages, unets, record: dict[s
     for stage, unet in zip(all_stages, unets, strict=True):
         if stage in tuned_stages:
             _save_params(folder / f"{stage.name}.npz", unet)
-    (folder / "finetune.json").write_text(json.dumps(record, indent=2))
+    workdir_lib.write_json_atomic(folder / "finetune.json", record)
 
 
 # ------------------------------------------------------------------------------------------------

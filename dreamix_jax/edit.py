@@ -11,23 +11,24 @@ input with the same settings.
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, dreamix, evaluate, pretrained
+from dreamix_jax import cascade, cli, dreamix, evaluate, pretrained
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import video_io
 from dreamix_jax.sharding import make_mesh
 
@@ -98,6 +99,27 @@ def finetune_settings(config: ml_collections.ConfigDict) -> dreamix.FinetuneSett
                                     stages=stages, seed=ft.seed)
 
 
+def check_sampling(config: ml_collections.ConfigDict) -> None:
+    """One-sentence errors for unusable sampling and camera settings."""
+    if not isinstance(config.sampling_steps, int) or config.sampling_steps < 0:
+        raise ValueError(f"sampling_steps is {config.sampling_steps!r}; give a whole number of DDIM steps "
+                         "(0 keeps the cascade's own).")
+    if not (math.isfinite(config.guidance) and config.guidance >= 0):
+        raise ValueError(f"guidance is {config.guidance!r}; give a finite weight ≥ 0 (0 keeps the cascade's own).")
+    if config.variant == "image" and not (math.isfinite(config.camera.amount) and config.camera.amount >= 0):
+        raise ValueError(f"camera.amount is {config.camera.amount!r}; give a finite amount ≥ 0.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> tuple[list[str], dreamix.FinetuneSettings]:
+    """Every setting checked before any model, data or compile work: the prompts and the finetuning
+    settings to use (stage names against the weights file's own stage list)."""
+    prompts = prompts_of(config)
+    settings = finetune_settings(config)
+    check_sampling(config)
+    dreamix.check_finetune(settings, pretrained.read_stages(config.weights or pretrained.SHIPPED))
+    return prompts, settings
+
+
 def with_sampling_steps(model: pretrained.Cascade, steps: int) -> pretrained.Cascade:
     """The cascade with its base stage sampled in `steps` DDIM steps (0 keeps its own)."""
     if not steps:
@@ -114,19 +136,28 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "edit"
 
 
+def edit_folder(workdir: pathlib.Path, request: dreamix.EditRequest, finetune_key: str,
+                sampling: dict[str, Any]) -> pathlib.Path:
+    """Where an edit is written: named by its prompt, seed and s, and keyed by everything else that
+    makes it (input, finetune, weights, sampling), so another edit never replaces it."""
+    what = json.dumps(dict(request=dataclasses.asdict(request), finetune=finetune_key, sampling=sampling),
+                      sort_keys=True)
+    key = hashlib.sha256(what.encode()).hexdigest()[:8]
+    return workdir / "edits" / f"{_slug(request.prompt)}-seed{request.seed}-s{request.s:g}-{key}"
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         model: pretrained.Cascade | None = None) -> list[dict[str, Any]]:
     """Finetune (or reuse a finetune) and edit as the config says; returns each edit's result record."""
     started = time.perf_counter()
     workdir = video_io.local_workdir(workdir)
-    prompts = prompts_of(config)
-    settings = finetune_settings(config)
+    prompts, settings = check_config(config)
     clip, fps, source = read_input(config)
 
     model = model or pretrained.load(config.weights or pretrained.SHIPPED, make_mesh(config.mesh.shape),
                                      cache_dir=workdir / "prompt_cache")
     model = with_sampling_steps(model, config.sampling_steps)
-    to_tune = dreamix.check_finetune(settings, model)  # unknown stage names stop here, before any training
+    to_tune = dreamix.check_finetune(settings, model.stages)
     final = model.final
     for notice in fit_notices(clip, final):
         log.warning(notice)
@@ -144,8 +175,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
     shown_input = np.asarray(cascade.degrade(jnp.asarray(clip)[None], final)[0])
     results = []
-    for i, (request, video) in enumerate(zip(requests, videos, strict=True)):
-        folder = workdir / "edits" / f"{i:02d}-{_slug(request.prompt)}-seed{request.seed}-s{request.s:g}"
+    sampling = dict(guidance=config.guidance, sampling_steps=config.sampling_steps)
+    for request, video in zip(requests, videos, strict=True):
+        folder = edit_folder(workdir, request, finetune_record["key"], sampling)
         folder.mkdir(parents=True, exist_ok=True)
         video_io.write_video(folder / "video.mp4", video, final.fps)
         video_io.write_video(folder / "comparison.mp4",
@@ -162,7 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         if scores is not None:  # a prompt in the synthetic captions' grammar: the detector's reading
             result.update(scores=scores, detected=dict(
                 input=dataclasses.asdict(evaluate.detect(shown_input)), output=dataclasses.asdict(evaluate.detect(video))))
-        video_io.write_text(folder / "result.json", json.dumps(result, indent=2))
+        workdir_lib.write_json_atomic(folder / "result.json", result)
         results.append(result)
     log.info("Done in %.1f s.", time.perf_counter() - started)
     return results
@@ -172,23 +204,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 # Command line.
 # ------------------------------------------------------------------------------------------------
 
-def command_line(run_fn: Callable[[ml_collections.ConfigDict, str], Any], example: str) -> Any:
-    """Run `run_fn(--config, --workdir)` as a program: logging set up, and bad settings or input
-    end with one sentence instead of a traceback. `example` names a config for the usage error."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if config is None or not workdir:
-        raise app.UsageError(f"Give --config (e.g. {example}) and --workdir.")
-    try:
-        return run_fn(config, workdir)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
-
-
 def main(argv: list[str]) -> None:
     del argv
-    for result in command_line(run, "configs/dreamix.py:video"):
+    config, workdir = cli.flag_values("configs/dreamix.py:video")
+    for result in cli.run(run, config, workdir, purpose="edit"):
         print(result["output"]["comparison"])
 
 
@@ -196,4 +215,4 @@ if __name__ == "__main__":
     # Flags are defined only when this module is the program, so others (the demo) can import it.
     config_flags.DEFINE_config_file("config", None, "configs/dreamix.py:<video|image|subject>.")
     flags.DEFINE_string("workdir", None, "Where finetunes and edits are written.")
-    app.run(main)
+    cli.run_app(main)

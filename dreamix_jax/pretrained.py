@@ -202,7 +202,7 @@ def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str) -> No
     for path, variable in nnx.to_flat_state(params):
         name = "/".join([prefix, *map(str, path)])
         if name not in arrays:
-            raise KeyError(f"The weights have no {name!r}; they were saved for another config.")
+            raise ValueError(f"The weights have no {name!r}; they were saved for another config or model version.")
         value, current = arrays[name], variable.get_value()
         if value.shape != current.shape:
             raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {current.shape} in the model; "
@@ -223,12 +223,37 @@ def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray]
 def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(weights by name, provenance) of a cascade weights file."""
     path = pathlib.Path(path)
+    _check_weights_path(path)
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        return arrays, json.loads(str(arrays.pop(_META)))
+    except Exception as error:  # zip, npy and JSON readers raise many types for a damaged file
+        raise ValueError(_unreadable(path, error)) from error
+
+
+def read_stages(path: str | os.PathLike) -> tuple[cascade.Stage, ...]:
+    """The stages of a cascade weights file, from its provenance alone (no weights are read)."""
+    path = pathlib.Path(path)
+    _check_weights_path(path)
+    try:
+        with np.load(path) as data:
+            meta = json.loads(str(data[_META]))
+        return cascade.stages_from_config(_tuples(meta["config"]))
+    except Exception as error:
+        raise ValueError(_unreadable(path, error)) from error
+
+
+def _check_weights_path(path: pathlib.Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"Cascade weights {path} not found; export them with `python -m "
                                 "dreamix_jax.pretrained` or reinstall the package.")
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
-    return arrays, json.loads(str(arrays.pop(_META)))
+
+
+def _unreadable(path: pathlib.Path, error: Exception) -> str:
+    reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return (f"Cannot read cascade weights {path} ({reason}); give a file written by `python -m "
+            "dreamix_jax.pretrained` (the shipped one is dreamix_jax/assets/tiny_cascade.npz).")
 
 
 def load(path: str | os.PathLike = SHIPPED, mesh: Mesh | None = None,

@@ -30,6 +30,7 @@ import html
 import itertools
 import json
 import logging
+import math
 import os
 import pathlib
 import time
@@ -40,10 +41,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, dreamix, edit, evaluate, pretrained
+from dreamix_jax import cascade, cli, dreamix, edit, evaluate, pretrained
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import video_io
 from dreamix_jax.sharding import make_mesh
 
@@ -97,19 +99,22 @@ def combinations(section: Mapping[str, Sequence[Any]], keys: Sequence[str], mode
     return [dict(zip(lists, values)) for values in zip(*lists.values())]
 
 
-def trials_of(config: ml_collections.ConfigDict, model: pretrained.Cascade) -> list[Trial]:
-    """Every trial of a sweep config, finetuning settings outermost; checked before any compute."""
+def trials_of(config: ml_collections.ConfigDict, stages: Sequence[cascade.Stage]) -> list[Trial]:
+    """Every trial of a sweep config on a cascade of `stages`, finetuning settings outermost;
+    checked before any compute."""
     base_settings = edit.finetune_settings(config.edit)
     default_prompts = [p.strip() for p in config.edit.prompt.split(";") if p.strip()]
     trials = []
     for tune in combinations(config.finetune, FINETUNE_KEYS, config.mode, "finetune"):
         settings = dataclasses.replace(base_settings, **tune)
-        dreamix.check_finetune(settings, model)
+        dreamix.check_finetune(settings, stages)
         for sample in combinations(config.sample, SAMPLE_KEYS, config.mode, "sample"):
             prompts = [sample["prompt"]] if "prompt" in sample else default_prompts
             request_args = dict(seed=sample.get("seed", config.edit.seed), s=sample.get("s", config.edit.s))
             dreamix.check_edit_args(prompts, [request_args["s"]])
-            guidance = float(sample.get("guidance", config.edit.guidance or model.base.guidance))
+            guidance = float(sample.get("guidance", config.edit.guidance or stages[0].guidance))
+            if not (math.isfinite(guidance) and guidance >= 0):
+                raise ValueError(f"guidance {guidance!r} in the sweep is not a finite weight ≥ 0.")
             trials += [Trial(settings, dreamix.EditRequest(p, **request_args), guidance) for p in prompts]
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
@@ -153,8 +158,9 @@ def compile_count() -> int:
 
 def read_manifest(workdir: pathlib.Path) -> dict[str, Any]:
     """Finished trials by id (empty for a new sweep)."""
-    path = workdir / "manifest.json"
-    return json.loads(path.read_text())["trials"] if path.is_file() else {}
+    manifest = workdir_lib.read_json_or_none(workdir / "manifest.json")  # unreadable: the trials run again
+    trials = manifest.get("trials") if isinstance(manifest, dict) else None
+    return trials if isinstance(trials, dict) else {}
 
 
 def _score(output: np.ndarray, source: np.ndarray, prompt: str, model: pretrained.Cascade) -> dict[str, float]:
@@ -187,11 +193,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
     if config.batch_size < 1:
         raise ValueError(f"batch_size is {config.batch_size}; use at least 1.")
-    model = edit.with_sampling_steps(
-        model or pretrained.load(config.edit.weights or pretrained.SHIPPED, make_mesh(config.edit.mesh.shape),
-                                 cache_dir=workdir / "prompt_cache"), config.edit.sampling_steps)
-    trials = trials_of(config, model)
+    edit.check_sampling(config.edit)
+    weights = config.edit.weights or pretrained.SHIPPED
+    trials = trials_of(config, model.stages if model else pretrained.read_stages(weights))
     clip, _, source_path = edit.read_input(config.edit)
+    model = edit.with_sampling_steps(
+        model or pretrained.load(weights, make_mesh(config.edit.mesh.shape), cache_dir=workdir / "prompt_cache"),
+        config.edit.sampling_steps)
     for notice in edit.fit_notices(clip, model.final):
         log.warning(notice)
     source = np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.final)[0])
@@ -228,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
                                                                                 model),
                                           finetune_key=record["key"], video=f"trials/{trial.id}/video.mp4",
                                           thumb=f"trials/{trial.id}/thumb.gif", batch_seconds=seconds)
-                video_io.write_text(workdir / "manifest.json", json.dumps(dict(trials=done), indent=1))
+                workdir_lib.write_json_atomic(workdir / "manifest.json", dict(trials=done))
                 batch_index += 1
                 log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
                 if on_batch is not None:
@@ -239,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
                    compiles=compile_count() - compiles_before, seconds=round(time.perf_counter() - started, 1),
                    input=source_path)
     write_report(workdir, config, trials, finished, summary)
-    video_io.write_text(workdir / "summary.json", json.dumps(summary, indent=2))
+    workdir_lib.write_json_atomic(workdir / "summary.json", summary)
     return finished
 
 
@@ -356,7 +364,7 @@ both degraded to the base stage; consistency: SSIM of consecutive output frames.
 </body></html>
 """
     path = workdir / "report.html"
-    video_io.write_text(path, page)
+    workdir_lib.write_text_atomic(path, page)
     return path
 
 
@@ -367,11 +375,12 @@ both degraded to the base stage; consistency: SSIM of consecutive output frames.
 
 def main(argv: list[str]) -> None:
     del argv
-    edit.command_line(run, "configs/sweeps/shapes_edit.py")
+    config, workdir = cli.flag_values("configs/sweeps/shapes_edit.py")
+    cli.run(run, config, workdir, purpose="sweep")
     print(pathlib.Path(flags.FLAGS.workdir, "report.html"))
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "A sweep config, e.g. configs/sweeps/shapes_edit.py.")
     flags.DEFINE_string("workdir", None, "Where finetunes, trial outputs, the manifest and the report go.")
-    app.run(main)
+    cli.run_app(main)

@@ -13,6 +13,7 @@ again on the same workdir resumes exactly where the last checkpoint stopped.
 import functools
 import json
 import logging
+import math
 import pathlib
 import signal
 import time
@@ -25,12 +26,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dreamix_jax import cascade, objective, pretrained, probe
+from dreamix_jax import cascade, cli, objective, pretrained, probe
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import loader as loader_lib
 from dreamix_jax.data import shapes_video, video_io
 from dreamix_jax.diffusion import Schedule
@@ -78,15 +79,22 @@ def trainable(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
 
 
 class StopRequested:
-    """Set by SIGTERM (or a TPU preemption notice): the loop checkpoints and exits cleanly."""
+    """Set by SIGTERM, Ctrl-C (SIGINT) or a TPU preemption notice: the loop checkpoints and exits
+    cleanly. A second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
 
     def _handle(self, signum, frame):
-        del signum, frame
-        log.warning("Stop requested: saving a checkpoint, then exiting.")
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: what Ctrl-C did before
+            previous = self._previous[signal.SIGINT]
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+        log.warning("Stop requested (%s): saving a checkpoint, then exiting.", signal.Signals(signum).name)
         self.requested = True
 
     def __call__(self, step: int) -> bool:
@@ -98,7 +106,37 @@ class StopRequested:
         return False
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """One-sentence errors for unusable settings, before any data, model or compile work."""
+    stages = {s.name: s for s in cascade.stages_from_config(config.cascade)}
+    if config.stage not in stages:
+        raise ValueError(f"Unknown stage {config.stage!r}; the cascade has {tuple(stages)}.")
+    whole = dict(total_steps=1, batch_size=1, warmup_steps=0, checkpoint_every=1, keep_checkpoints=1, log_every=1,
+                 probe_every=0, probe_clips=1)
+    for name, least in whole.items():
+        value = config.get(name, least)
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} is {value!r}; give a whole number ≥ {least}.")
+    bounded = dict(lr=(0.0, None), w_video=(0.0, None), alpha=(0.0, None), weight_decay=(0.0, None),
+                   grad_clip=(0.0, None), text_dropout=(0.0, 1.0), ema_decay=(0.0, 1.0), frames_share=(0.0, 1.0),
+                   time_power=(0.0, None))
+    for name, (low, high) in bounded.items():
+        value = config.get(name, low)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low
+                and (high is None or value <= high)):
+            limits = f"in [{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
+            raise ValueError(f"{name} is {value!r}; give a finite number {limits}.")
+    if config.lr == 0 or config.get("time_power", 1.0) == 0 or config.get("frames_share", 1.0) == 0:
+        raise ValueError("lr, time_power and frames_share must be above 0.")
+    if not config.w_video and not config.alpha:
+        raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
+    if tuple(config.get("train_crop") or ()) and not stages[config.stage].is_sr:
+        raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
+    lr_multiplier(0, 1, 2, config.lr_schedule)  # an unknown schedule fails here, not after compiling
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,20 +149,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """Train until `config.total_steps` (resuming from `workdir`); returns the last logged metrics."""
     # ---- Setup ----------------------------------------------------------------------------------
     workdir_path = video_io.local_workdir(workdir)
+    check_config(config)
     initialize_distributed(config)
     lead = jax.process_index() == 0
     mesh = make_mesh(config.mesh.shape)
-    stages = {s.name: s for s in cascade.stages_from_config(config.cascade)}
-    if config.stage not in stages:
-        raise ValueError(f"Unknown stage {config.stage!r}; the cascade has {tuple(stages)}.")
-    stage = stages[config.stage]
+    stage = {s.name: s for s in cascade.stages_from_config(config.cascade)}[config.stage]
     schedule = Schedule(**config.cascade.schedule)
     paths = tuple(p for p, w in (("video", config.w_video), ("frames", config.alpha)) if w)
-    if not paths:
-        raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
     crop = tuple(config.get("train_crop") or ()) or None  # (frames, pixels) windows for SR stages
-    if crop is not None and not stage.is_sr:
-        raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
     # The frames path's share of each (per-device-divisible) batch; 1 gives it the whole batch.
     frames_examples = 0
     if config.get("frames_share", 1.0) < 1.0:
@@ -186,10 +218,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         restored = manager.restore(start, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
         params, opt_state, ema = (restored["state"][k] for k in ("params", "opt_state", "ema"))
+        if lead:  # rows logged after the checkpoint are logged again as those steps rerun
+            _drop_rows_after(workdir_path / "metrics.jsonl", start)
         log.info("Resumed from step %d of %s.", start, workdir)
     elif lead:
         workdir_path.mkdir(parents=True, exist_ok=True)
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+        workdir_lib.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
 
     def save(step: int) -> None:
         manager.save(step, args=ocp.args.Composite(
@@ -329,6 +363,24 @@ def load_stage(source: str, stage: str, model: TextToVideo) -> None:
         nnx.update(module, state)
 
 
+def _drop_rows_after(path: pathlib.Path, step: int) -> None:
+    """Keep only the metrics rows up to `step` (the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = [r for r in rows if _row_step(r) <= step]
+    if len(kept) != len(rows):
+        workdir_lib.write_text_atomic(path, "".join(kept))
+
+
+def _row_step(row: str) -> float:
+    """A metrics row's step; a torn last line (a run killed mid-write) counts as past every step."""
+    try:
+        return json.loads(row)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def _log_row(log_file, writer, row: dict[str, Any]) -> None:
     """One row of metrics (with its `step`) to metrics.jsonl and TensorBoard."""
     log_file.write(json.dumps(row) + "\n")
@@ -355,23 +407,14 @@ def _tensorboard(workdir: pathlib.Path):
 # Command line.
 # ------------------------------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A training config file, e.g. configs/pretrain_shapes.py:base.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the resolved config go.")
-
-
 def main(argv: list[str]) -> None:
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every file it writes at INFO
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise app.UsageError("Give --config and --workdir.")
-    try:
-        video_io.local_workdir(_WORKDIR.value)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-    metrics = train(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps(metrics))
+    config, workdir = cli.flag_values("configs/pretrain_shapes.py:base")
+    print(json.dumps(cli.run(train, config, workdir, purpose="train")))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Flags are defined only when this module is the program, so others can import it.
+    config_flags.DEFINE_config_file("config", None, "A training config file, e.g. configs/pretrain_shapes.py:base.")
+    flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the resolved config go.")
+    cli.run_app(main)

@@ -3,6 +3,7 @@ outputs, reuse of a stored finetune, and one-sentence errors for bad input."""
 
 import dataclasses
 import json
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -100,17 +101,20 @@ def cli_run(shipped, clip, tmp_path_factory):
     first = edit.run(config, workdir, model=shipped)
     config.prompt = "a red square moving left on a black background"
     second = edit.run(config, workdir, model=shipped)
-    return workdir, first, second
+    # The first prompt again with another guidance: a new edit, beside the first, not over it.
+    config.prompt, config.guidance = "a green square moving right on a black background", 1.5
+    third = edit.run(config, workdir, model=shipped)
+    return workdir, first, second, third
 
 
 def test_the_pipeline_writes_every_output(cli_run, shipped):
-    workdir, first, _ = cli_run
+    workdir, first, *_ = cli_run
     (result,) = first
     video, fps = video_io.read_frames(result["output"]["video"])
     assert video.shape == (16, 64, 64, 3) and fps == shipped.final.fps == 8
     comparison, _ = video_io.read_frames(result["output"]["comparison"])
     assert comparison.shape == (16, 4 * 64 + 14, 2 * 4 * 64 + 4, 3)
-    saved = json.loads((workdir / "edits").glob("00-*/result.json").__next__().read_text())
+    saved = json.loads(pathlib.Path(result["output"]["video"]).with_name("result.json").read_text())
     assert saved["request"]["prompt"] == "a green square moving right on a black background"
     assert set(saved["sampling_seconds_per_stage"]) == {s.name for s in shipped.stages}
     assert set(saved["finetune"]["stages"]) == {"base", "ssr1", "ssr2"}  # the stages the config marks
@@ -123,10 +127,31 @@ def test_the_pipeline_writes_every_output(cli_run, shipped):
 
 
 def test_a_second_edit_reuses_the_stored_finetune(cli_run):
-    workdir, first, second = cli_run
+    workdir, first, second, _ = cli_run
     assert second[0]["finetune"]["reused"] is True
     assert second[0]["finetune"]["key"] == first[0]["finetune"]["key"]
     assert len(list((workdir / "finetunes").iterdir())) == 1
+
+
+def test_an_edit_with_other_settings_does_not_replace_another(cli_run):
+    workdir, first, _, third = cli_run
+    folders = [pathlib.Path(r[0]["output"]["video"]).parent for r in (first, third)]
+    assert folders[0] != folders[1] and len(list((workdir / "edits").iterdir())) == 3
+    kept = json.loads((folders[0] / "result.json").read_text())
+    assert kept["config"]["guidance"] == 0.0 and kept["request"] == first[0]["request"]
+
+
+def test_a_damaged_finetune_is_rebuilt(cli_run, shipped, caplog):
+    workdir, first, *_ = cli_run
+    record = workdir / "finetunes" / first[0]["finetune"]["key"] / "finetune.json"
+    record.write_text("")  # what a crash mid-write left before writes were atomic
+    config = dreamix_configs.get_config("video")
+    config.input, config.prompt = first[0]["input"]["path"], first[0]["request"]["prompt"]
+    config.finetune.steps = 3
+    with caplog.at_level("WARNING"):
+        (again,) = edit.run(config, workdir, model=shipped)
+    assert again["finetune"]["reused"] is False and again["finetune"]["key"] == first[0]["finetune"]["key"]
+    assert "Ignoring unreadable" in caplog.text and json.loads(record.read_text())["key"] == again["finetune"]["key"]
 
 
 @pytest.mark.parametrize("change, message", [

@@ -49,21 +49,21 @@ def _smoke_config() -> ml_collections.ConfigDict:
 
 def test_trial_lists_are_checked_before_any_compute(shipped):
     config = _smoke_config()
-    trials = sweep.trials_of(config, shipped)
+    trials = sweep.trials_of(config, shipped.stages)
     assert [(t.finetune.steps, t.request.s) for t in trials] == [(1, 0.5), (1, 0.9), (2, 0.5), (2, 0.9)]
     assert len({t.id for t in trials}) == 4
     config.sample.s = (0.5, 0.5)
     with pytest.raises(ValueError, match="same trial twice"):
-        sweep.trials_of(config, shipped)
+        sweep.trials_of(config, shipped.stages)
     config = _smoke_config()
     config.sample.s = (0.5, 1.5)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
-        sweep.trials_of(config, shipped)
+        sweep.trials_of(config, shipped.stages)
     config = _smoke_config()
     config.finetune.lr = (1e-4,)
     config.finetune.rate = (1e-4,)
     with pytest.raises(ValueError, match=r"Unknown finetune settings \['rate'\]"):
-        sweep.trials_of(config, shipped)
+        sweep.trials_of(config, shipped.stages)
 
 
 # ---- scores ----------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def swept(two_stages, tmp_path_factory):
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_trials(swept, two_stages):
-    trials = sweep.trials_of(swept["config"], two_stages)
+    trials = sweep.trials_of(swept["config"], two_stages.stages)
     first = [t.id for t in trials if t.finetune.steps == 1]
     assert sorted(swept["interrupted"]) == sorted(first)  # the first batch: both edits of the 1-step finetune
     assert sorted(swept["resumed"]) == sorted(t.id for t in trials)
@@ -179,7 +179,7 @@ def test_the_report_and_the_trial_outputs(swept):
 
 def test_a_finetune_kept_along_the_way_equals_a_shorter_run(swept, two_stages):
     config = swept["config"]
-    trials = sweep.trials_of(config, two_stages)
+    trials = sweep.trials_of(config, two_stages.stages)
     one_step = next(t.finetune for t in trials if t.finetune.steps == 1)
     clip = edit.read_input(config.edit)[0]
     stored, record = dreamix.finetune(two_stages, clip, one_step, swept["workdir"], progress=False)

@@ -46,13 +46,13 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
 
     def stop_at_two(step, metrics):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C (SIGTERM, a preemption, is handled the same way)
 
     resumed = str(tmp_path / "resumed")
     metrics = train.train(smoke_config(data_dir), resumed, on_step=stop_at_two)
     assert metrics["step"] == 2
     at_two = saved_params(resumed, 2)  # the stop left a checkpoint
-    assert signal.getsignal(signal.SIGTERM) is not None  # and the handler was put back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and the handler was put back
     train.train(smoke_config(data_dir), resumed)
 
     a, b = saved_params(straight, 4), saved_params(resumed, 4)
@@ -110,6 +110,24 @@ def test_a_warm_start_begins_from_the_given_weights_and_counts_their_steps(data_
         np.testing.assert_array_equal(arrays[name.replace("unet/", "base/", 1)], value, err_msg=name)
     with pytest.raises(KeyError, match="holds no stage 'ssr9'"):
         pretrained.stage_weights(str(pretrained.SHIPPED), "ssr9")
+
+
+def test_a_crash_resumes_from_the_last_checkpoint_without_duplicate_rows(data_dir, tmp_path):
+    workdir = str(tmp_path / "crash")
+
+    def crash_after_three(step, metrics):
+        if step == 3:
+            raise RuntimeError("crash")
+
+    config = smoke_config(data_dir, checkpoint_every=1, keep_checkpoints=2)  # the same compiled step as above
+    with pytest.raises(RuntimeError, match="crash"):
+        train.train(config, workdir, on_step=crash_after_three)  # rows 1–3 logged, checkpoint 3 not saved
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
+        log.write('{"step": 3, "loss": 0.1')  # and a row torn by the crash
+    train.train(config, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):

@@ -1,19 +1,36 @@
 """Reading inputs (videos, frame folders, images) and writing videos, atomically.
 
 Clips are float32 arrays (T, H, W, 3) in [-1, 1]. Grayscale inputs get three equal channels and
-alpha is composited over white. Every way an input can be unusable stops with one sentence that
-names the file and the fix, before anything is computed.
+alpha is composited over white. Images are decoded with Pillow, turned upright by their EXIF
+orientation, and reduced while decoding to at most MAX_IMAGE_SIDE pixels on their longest side.
+Every Pillow mode becomes RGB: palette, bilevel, CMYK, YCbCr, LAB and HSV by Pillow's conversion,
+16-bit integers scaled by 65535, 32-bit integers ("I") by 2**31 - 1 with negatives clipped to 0, and
+float ("F") images must already lie in [0, 1]. Every way an input can be unusable stops with one
+sentence that names the file and the fix, before anything is computed.
 """
 
 import os
 import pathlib
-import tempfile
+import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dreamix_jax import workdir
+
+if TYPE_CHECKING:  # Pillow is imported where it is used
+    from PIL import Image
+
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # TIFF carries 16/32-bit and float
+MAX_IMAGE_SIDE = 2048  # longest side, in pixels, images are decoded at; larger ones are reduced
+# Integer modes → the value of full intensity; "I" is signed 32-bit.
+_INTEGER_FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 2**31 - 1}
+# Modes resized and read as they are: 8-bit gray or RGB with or without alpha, and float.
+_KEPT_MODES = ("L", "LA", "RGB", "RGBA", "F")
+# Modes that carry alpha keep it (composited over white later); every other mode is converted to RGB.
+_ALPHA_MODES = {"P": "RGBA", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}
 DEFAULT_FPS = 8.0  # for inputs that carry no frame rate (frame folders, images)
 
 
@@ -50,14 +67,56 @@ def to_unit_rgb(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+def _draft_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size scaled down so its longest side is MAX_IMAGE_SIDE (rounded up), or the size if smaller."""
+    longest = max(size)
+    if longest <= MAX_IMAGE_SIDE:
+        return size
+    return tuple(-(-side * MAX_IMAGE_SIDE // longest) for side in size)
+
+
+def _in_readable_mode(image: "Image.Image", path: pathlib.Path) -> "Image.Image":
+    """The image as 8-bit L/LA/RGB/RGBA, or float F in [0, 1] (integer modes scaled by their full range)."""
+    if image.mode == "F":
+        low, high = image.getextrema()
+        if not 0.0 <= low <= high <= 1.0:  # also refuses NaN; clipping would silently whiten e.g. 0-255 floats
+            raise InputError(f"Float image {path} holds values from {low} to {high}, outside [0, 1]; scale it "
+                             "into [0, 1] or save it as an 8- or 16-bit PNG.")
+    if image.mode in _KEPT_MODES:
+        return image
+    if image.mode in _INTEGER_FULL_SCALE:  # Pillow cannot resize 16-bit modes, and I → L would clip, not scale
+        scale = 1.0 / _INTEGER_FULL_SCALE[image.mode]
+        return image.convert("F").point(lambda value: value * scale)
+    return image.convert(_ALPHA_MODES.get(image.mode, "RGB"))
+
+
+def _decoded_pixels(image: "Image.Image", path: pathlib.Path) -> np.ndarray:
+    """An opened image, upright and at most MAX_IMAGE_SIDE on its longest side → uint8 or float32 [0, 1] pixels."""
+    from PIL import ImageOps
+
+    image.draft(None, _draft_size(image.size))  # JPEG decodes at 1/2, 1/4 or 1/8 size; other formats ignore it
+    ImageOps.exif_transpose(image, in_place=True)
+    image = _in_readable_mode(image, path)
+    image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    pixels = np.asarray(image)
+    # Bicubic resizing overshoots a little at float edges, and "I" may hold negatives.
+    return np.clip(pixels, 0.0, 1.0) if image.mode == "F" else pixels
+
+
 def _read_image(path: pathlib.Path) -> np.ndarray:
-    import imageio.v3 as iio
+    from PIL import Image
 
     try:
-        return to_unit_rgb(iio.imread(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, rather than decode, huge images
+            with Image.open(path) as image:
+                return to_unit_rgb(_decoded_pixels(image, path))
     except InputError:
         raise
-    except Exception as error:  # imageio raises many types for unreadable files
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise InputError(f"Image {path} is too large to decode safely ({str(error).rstrip('.')}); downscale it to "
+                         f"at most {MAX_IMAGE_SIDE} px on its longest side first.") from error
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, struct.error) for bad files
         raise InputError(f"Cannot read image {path} ({error}); give a PNG or JPEG file.") from error
 
 
@@ -115,27 +174,6 @@ def to_uint8(clip: np.ndarray) -> np.ndarray:
     return np.round((np.clip(np.asarray(clip, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def _atomic_target(path: pathlib.Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would survive the rename
-    return tmp
-
-
-def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
-    """Write a text file (JSON, HTML) under a temporary name, then rename it: readers never see half a file."""
-    path = pathlib.Path(path)
-    tmp = _atomic_target(path)
-    try:
-        pathlib.Path(tmp).write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def write_video(path: str | os.PathLike, clip: np.ndarray, fps: float, *, scale: int = 1) -> pathlib.Path:
     """Write a clip (T, H, W, 3), in [-1, 1] or uint8, as mp4 (H.264) or gif, under a temporary name, then renamed.
 
@@ -149,18 +187,13 @@ def write_video(path: str | os.PathLike, clip: np.ndarray, fps: float, *, scale:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     if path.suffix.lower() != ".gif":  # H.264 in yuv420p needs even sizes
         frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
-    tmp = _atomic_target(path)
-    try:
+    with workdir.atomic_path(path) as tmp:
         if path.suffix.lower() == ".gif":
             iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
         else:
             # Even sizes and yuv420p make the file play everywhere; macro_block_size=1 keeps our size.
             iio.imwrite(tmp, frames, extension=path.suffix, fps=fps, codec="libx264", macro_block_size=1,
                         pixelformat="yuv420p", output_params=["-crf", "12"])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
