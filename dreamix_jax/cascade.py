@@ -283,13 +283,17 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "schedule", "guided"))
 def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, *,
-                  num_steps: int, schedule: Schedule, guided: bool = True) -> jax.Array:
+                  null: tuple[jax.Array, jax.Array], num_steps: int, schedule: Schedule,
+                  guided: bool = True) -> jax.Array:
     """DDIM over one chunk of frames; `cond` is None for the base stage. Compiled once per stage and shape.
 
-    `guided=False` runs the conditional pass alone (weight 1) and ignores `guidance`.
+    `guided=False` runs the conditional pass alone (weight 1) and ignores `guidance`. `null` is the
+    unconditional (text, mask), an input rather than built here: as constants, the all-False mask
+    made the unconditional pass's masked attention foldable, and XLA spent seconds per compile
+    evaluating it.
     """
     model = nnx.merge(graphdef, state)
-    null, null_mask = null_text(*text.shape)
+    null, null_mask = null
 
     def model_fn(z, logsnr, conditional):
         context, mask = (text, text_mask) if conditional else (null, null_mask)
@@ -353,6 +357,7 @@ def sample_stage(
     guided = guidance is not None or stage.guidance != 1.0
     guidance = jnp.asarray(stage.guidance if guidance is None else guidance, jnp.float32)
     graphdef, state = nnx.split(model)
+    null = null_text(*text.shape)
     chunks = frame_chunks(stage.frames, stage.chunk)
     outputs = []
     for i, frames in enumerate(chunks):
@@ -360,7 +365,7 @@ def sample_stage(
         outputs.append(_sample_chunk(
             graphdef, state, z_start[:, frames], t_start, _fold(chunk_keys, i), text, text_mask,
             None if cond is None else cond[:, frames], cond_logsnr, guidance, jnp.float32(stage.eta),
-            num_steps=stage.steps, schedule=schedule, guided=guided))
+            null=null, num_steps=stage.steps, schedule=schedule, guided=guided))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 

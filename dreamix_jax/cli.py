@@ -6,6 +6,8 @@
 - An error this project raises on purpose (a bad setting, input, file or workdir; a non-finite
   loss) ends the program with its one sentence and exit code 1; anything else is a bug and keeps
   its traceback. A bad `--config.<key>` override is such an error too.
+- Compiled programs are kept in a persistent cache (`dreamix_jax.compile_cache`: a user cache
+  folder; `DREAMIX_COMPILATION_CACHE=0` turns it off), so a second run compiles little.
 - The workdir is locked for the whole run (`dreamix_jax.workdir.lock`), except on multi-host runs.
 - Ctrl-C ends the program with exit code 130 and a sentence, without tearing down XLA's threads
   (training's loop first saves a checkpoint).
@@ -27,6 +29,7 @@ from absl import logging as absl_logging
 
 import configs
 import dreamix_jax
+from dreamix_jax import compile_cache
 from dreamix_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ def run(run_fn: Callable[[Any, str], Any], config: Any, workdir: str, *, purpose
     """`run_fn(config, workdir)` under the workdir lock; expected errors and Ctrl-C end the
     program with a sentence."""
     setup_logging()
+    compile_cache.enable()
     previous = signal.signal(signal.SIGINT, functools.partial(_interrupted, workdir))
     try:
         # Every host of a multi-host run runs the same command on the same workdir: not locked.
