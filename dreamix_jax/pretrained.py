@@ -30,7 +30,7 @@ from dreamix_jax import cascade
 from dreamix_jax.diffusion import Schedule
 from dreamix_jax.models.t5 import T5Config, T5Encoder, make_tokenizer
 from dreamix_jax.models.unet3d import UNet3D
-from dreamix_jax.sharding import create_sharded, make_mesh
+from dreamix_jax.sharding import abstract_sharded, make_mesh
 from dreamix_jax.text import TextEncoder
 
 SHIPPED = pathlib.Path(__file__).parent / "assets" / "tiny_cascade.npz"
@@ -212,12 +212,11 @@ def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str) -> No
 
 def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray], prefix: str,
             mesh: Mesh) -> nnx.Module:
-    """A model built on `mesh` whose every weight is read from `arrays[prefix/...]`."""
-    model = create_sharded(model_fn, mesh)
-    params = nnx.state(model, nnx.Param)
-    fill(params, arrays, prefix)
-    nnx.update(model, params)
-    return model
+    """A model laid out on `mesh` whose every weight is read from `arrays[prefix/...]`: built from
+    abstract shapes, so nothing is initialised (and compiled) only to be overwritten."""
+    graphdef, state = abstract_sharded(model_fn, mesh)
+    fill(state, arrays, prefix)
+    return nnx.merge(graphdef, state)
 
 
 def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
