@@ -42,14 +42,16 @@ _EXPECTED = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointErr
 
 def setup_logging() -> None:
     """INFO and above from this package on stderr; libraries stay at WARNING."""
-    logger = logging.getLogger(dreamix_jax.__name__)
-    if not any(getattr(h, "_dreamix", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._dreamix = True
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # absl's root handler would print every message a second time
+    # A module run as `python -m dreamix_jax.<x>` logs as `__main__`, outside the package's logger.
+    for name in (dreamix_jax.__name__, "__main__"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "_dreamix", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            handler._dreamix = True
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # absl's root handler would print every message a second time
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax reports every file it writes at INFO
 
 

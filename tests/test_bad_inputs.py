@@ -23,11 +23,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(autouse=True)
 def package_logging():
-    """`cli.run` sets up the program's logging; put the package logger back for the other tests."""
-    logger = logging.getLogger("dreamix_jax")
-    saved = logger.handlers[:], logger.propagate, logger.level
+    """`cli.run` sets up the program's logging; put the loggers back for the other tests."""
+    loggers = [logging.getLogger(name) for name in ("dreamix_jax", "__main__")]
+    saved = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
     yield
-    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+    for logger, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+        logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
+
+
+def test_info_lines_reach_the_terminal_once(capfd):
+    cli.setup_logging()
+    cli.setup_logging()  # idempotent: no second handler
+    logging.getLogger("__main__").info("Resumed from step 7.")  # a program's own module logs as __main__
+    logging.getLogger("dreamix_jax.dreamix").info("Reusing the finetune.")
+    err = capfd.readouterr().err
+    assert err.count("INFO __main__: Resumed from step 7.") == 1
+    assert err.count("INFO dreamix_jax.dreamix: Reusing the finetune.") == 1
 
 
 @pytest.fixture
