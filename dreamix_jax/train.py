@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
 def lr_multiplier(step: jax.Array, warmup: int, total: int, kind: str) -> jax.Array:
     """Linear warm-up to 1, then constant or cosine decay to 0 at `total`."""
     step = jnp.asarray(step, jnp.float32)
@@ -60,7 +63,7 @@ def lr_multiplier(step: jax.Array, warmup: int, total: int, kind: str) -> jax.Ar
     if kind == "constant":
         return warm
     if kind != "cosine":
-        raise ValueError(f"Unknown lr_schedule {kind!r}; use 'cosine' or 'constant'.")
+        raise ValueError(f"Unknown lr_schedule {kind!r}; use one of {LR_SCHEDULES}.")
     progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
     return warm * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
@@ -130,13 +133,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 and (high is None or value <= high)):
             limits = f"in [{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
             raise ValueError(f"{name} is {value!r}; give a finite number {limits}.")
-    if config.lr == 0 or config.get("time_power", 1.0) == 0 or config.get("frames_share", 1.0) == 0:
-        raise ValueError("lr, time_power and frames_share must be above 0.")
+    if config.get("time_power", 1.0) == 0 or config.get("frames_share", 1.0) == 0:
+        raise ValueError("time_power and frames_share must be above 0.")
     if not config.w_video and not config.alpha:
         raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
     if tuple(config.get("train_crop") or ()) and not stages[config.stage].is_sr:
         raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
-    lr_multiplier(0, 1, 2, config.lr_schedule)  # an unknown schedule fails here, not after compiling
+    if config.lr_schedule not in LR_SCHEDULES:  # checked without JAX: distributed runs initialise it later
+        raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
 
 
 # ------------------------------------------------------------------------------------------------

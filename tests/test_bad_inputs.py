@@ -134,7 +134,7 @@ def test_sweep_settings_fail_before_the_model_loads(no_model, tmp_path, change, 
 TRAIN_CASES = [
     (dict(stage="ssr9"), "unknown stage 'ssr9'"),
     (dict(lr=-1.0), "lr is -1.0"),
-    (dict(lr=0.0), "must be above 0"),
+    (dict(time_power=0.0), "must be above 0"),
     (dict(total_steps=0), "total_steps is 0"),
     (dict(batch_size=0), "batch_size is 0"),
     (dict(text_dropout=1.5), "text_dropout is 1.5"),
