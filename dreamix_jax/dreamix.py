@@ -76,7 +76,8 @@ def check_edit_args(prompts: Sequence[str], s_values: Sequence[float]) -> None:
 
 
 def check_finetune(settings: FinetuneSettings, stages: Sequence[cascade.Stage]) -> tuple[cascade.Stage, ...]:
-    """The stages (of a cascade's `stages`) to finetune, after one-sentence errors for unusable settings."""
+    """The stages (of a cascade's `stages`) to finetune, none when steps is 0, after one-sentence errors
+    for unusable settings."""
     names = [s.name for s in stages]
     unknown = [n for n in settings.stages if n not in names]
     if unknown:
@@ -94,7 +95,7 @@ def check_finetune(settings: FinetuneSettings, stages: Sequence[cascade.Stage]) 
     if not settings.prompt.strip():
         raise ValueError("The finetuning prompt is empty; use a rare token such as 'sks'.")
     chosen = settings.stages or tuple(s.name for s in stages if s.finetune)
-    return tuple(s for s in stages if s.name in chosen)
+    return tuple(s for s in stages if s.name in chosen) if settings.steps else ()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
     stages = check_finetune(settings, cascade_.stages)
     key = finetune_key(clip, settings, cascade_)
     record: dict[str, Any] = dict(key=key, settings=dataclasses.asdict(settings), reused=False, stages={})
-    if not settings.steps or not stages:
+    if not stages:
         return cascade_, record
     folder = pathlib.Path(workdir, "finetunes", key) if workdir else None
     shorter = {k: dataclasses.replace(settings, steps=k) for k in also_at}
