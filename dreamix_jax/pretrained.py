@@ -197,10 +197,16 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str) -> None:
-    """Set every weight in `params` from `arrays[prefix/...]`, in its own dtype and sharding (shapes checked)."""
+def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str, *, keep_zeros: bool = False) -> list[str]:
+    """Set every weight in `params` from `arrays[prefix/...]`, in its own dtype and sharding (shapes
+    checked). With `keep_zeros`, a weight the arrays lack keeps its value if that is all zeros (a
+    zero-initialised addition leaves a trained model's function unchanged); returns those names."""
+    kept = []
     for path, variable in nnx.to_flat_state(params):
         name = "/".join([prefix, *map(str, path)])
+        if name not in arrays and keep_zeros and not np.any(np.asarray(variable.get_value())):
+            kept.append(name)
+            continue
         if name not in arrays:
             raise ValueError(f"The weights have no {name!r}; they were saved for another config or model version.")
         value, current = arrays[name], variable.get_value()
@@ -208,6 +214,7 @@ def fill(params: nnx.State, arrays: Mapping[str, np.ndarray], prefix: str) -> No
             raise ValueError(f"Weight {name!r} has shape {value.shape} in the file but {current.shape} in the model; "
                              "it was saved for another config.")
         variable.set_value(jax.device_put(np.asarray(value).astype(current.dtype), current.sharding))
+    return kept
 
 
 def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray], prefix: str,

@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kernel", None),
     ("norm", None),
     ("relpos", None),
+    ("position", None),  # Fourier features of pixel coordinates
 )
 
 

@@ -363,7 +363,10 @@ def load_stage(source: str, stage: str, model: TextToVideo) -> None:
     for part in ("unet", "text_encoder") if has_encoder else ("unet",):
         module = getattr(model, part)
         state = nnx.state(module, nnx.Param)
-        pretrained.fill(state, arrays, part)
+        new = pretrained.fill(state, arrays, part, keep_zeros=True)
+        if new:
+            log.info("Warm start: %d zero-initialised weights are new to this stage (%s).", len(new),
+                        ", ".join(new))
         nnx.update(module, state)
 
 

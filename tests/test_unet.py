@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import apply_unet, make_inputs
+from dreamix_jax import pretrained
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig
 
 
@@ -93,3 +94,31 @@ def test_bad_inputs_fail_with_a_sentence(tiny_config, tiny_model, bad, message):
 def test_config_rejects_unknown_keys(tiny_config):
     with pytest.raises(ValueError, match="Unknown U-Net config keys"):
         UNet3DConfig.from_config({**tiny_config.model, "chanels": (8,)})
+
+
+def test_a_position_embedding_added_to_a_trained_model_starts_as_identity(tiny_config, perturbed_model):
+    graphdef, state = perturbed_model
+    cfg = dataclasses.replace(UNet3DConfig.from_config(tiny_config.model), position_embedding=True)
+    grown = UNet3D(cfg, rngs=nnx.Rngs(0))
+    params = nnx.state(grown, nnx.Param)
+    trained = pretrained.flatten_weights(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)), "unet")
+    with pytest.raises(ValueError, match="have no 'unet/clip_frame_embedding'"):
+        pretrained.fill(params, trained, "unet")
+    kept = pretrained.fill(params, trained, "unet", keep_zeros=True)
+    assert sorted(kept) == ["unet/clip_frame_embedding", "unet/pixel_embedding/kernel"]
+    nnx.update(grown, params)
+    x, logsnr, text, mask = make_inputs(tiny_config, batch=1)
+    np.testing.assert_allclose(grown(x, logsnr, text, mask), apply_unet(graphdef, state, x, logsnr, text, mask),
+                               atol=1e-5)
+    # Once trained (non-zero), the embedding differs at every pixel and frame, but not between the
+    # frames of the frames objective (an unordered set); a missing weight that is not zero is never kept.
+    grown.pixel_embedding.kernel.set_value(jax.random.normal(jax.random.key(2), grown.pixel_embedding.kernel.shape))
+    grown.clip_frame_embedding.set_value(jax.random.normal(jax.random.key(3), grown.clip_frame_embedding.shape))
+    with pytest.raises(ValueError, match="have no"):
+        pretrained.fill(nnx.state(grown, nnx.Param), trained, "unet", keep_zeros=True)
+    c = cfg.channels[0]
+    shape = (1, 3, 4, 4, c)
+    clip = np.asarray(grown._position(shape, frames_independent=False)).reshape(-1, c)
+    assert len(np.unique(clip.round(5), axis=0)) == 3 * 4 * 4
+    frames = np.asarray(grown._position(shape, frames_independent=True))
+    assert frames.shape[0] == 1 and len(np.unique(frames.reshape(-1, c).round(5), axis=0)) == 16

@@ -37,6 +37,11 @@ class UNet3DConfig:
     text_dim: int = 32
     in_channels: int = 3
     cond_channels: int = 0  # channels of the low-resolution conditioning video; 0 = none
+    # Add an embedding of each pixel's (x, y) and each frame's index to the input features.
+    # Convolutions and attention are otherwise blind to where in the frame and clip they are (but
+    # for zero padding): a base stage must place the object where its prompt's motion puts it in
+    # each frame. Zero-initialised, so it can be added to a trained stage and warm-started.
+    position_embedding: bool = False
     out_channels: int = 3
     embed_dim: int = 0  # noise-level embedding width; 0 = 4 × channels[0]
     num_groups: int = 8
@@ -170,6 +175,12 @@ class UNet3D(nnx.Module):
                         if cfg.cond_channels else None)
         self.text_pool = dense(cfg.text_dim, emb_dim, ("text_embed", "embed"), **kw)
         self.conv_in = conv(cfg.in_channels + cfg.cond_channels, ch0, (3, 3), **kw)
+        if cfg.position_embedding:
+            self.pixel_embedding = nnx.Linear(
+                4 * PIXEL_FREQUENCIES, ch0, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                kernel_init=logical(nnx.initializers.zeros, "position", "embed"))
+            self.clip_frame_embedding = nnx.Param(logical(nnx.initializers.zeros, "relpos", "embed")(
+                rngs.params(), (cfg.max_temporal_distance + 1, ch0), param_dtype))
 
         levels = len(cfg.channels)
         down, downsample, skip_ch = [], [], [ch0]
@@ -215,6 +226,15 @@ class UNet3D(nnx.Module):
         pooled = (text.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
         return emb + self.text_pool(pooled.astype(self.cfg.dtype))
 
+    def _position(self, shape: tuple[int, ...], frames_independent: bool) -> jax.Array:
+        """(T, H, W, C) embedding of pixel coordinates and (for ordered clips) frame indices."""
+        _, t, h, w, _ = shape
+        out = self.pixel_embedding(pixel_features(h, w).astype(self.cfg.dtype))[None]
+        if not frames_independent:  # an unordered set of frames has no positions
+            frames = jnp.minimum(jnp.arange(t), self.cfg.max_temporal_distance)
+            out = out + self.clip_frame_embedding[...][frames].astype(self.cfg.dtype)[:, None, None]
+        return out
+
     def __call__(
         self,
         x: jax.Array,
@@ -243,6 +263,8 @@ class UNet3D(nnx.Module):
             return run(block, h, emb, text, text_mask, frames_independent)
 
         h = self.conv_in(x.astype(cfg.dtype))
+        if cfg.position_embedding:
+            h = h + self._position(h.shape, frames_independent)
         skips = [h]
         for level, blocks in enumerate(self.down):
             for block in blocks:
@@ -259,6 +281,17 @@ class UNet3D(nnx.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](h)
         return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)
+
+
+PIXEL_FREQUENCIES = 4
+
+
+def pixel_features(height: int, width: int) -> jax.Array:
+    """(H, W, 4·PIXEL_FREQUENCIES) Fourier features of each pixel centre's (x, y) in [-1, 1]."""
+    ys, xs = ((jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0 for n in (height, width))
+    grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)  # (H, W, 2)
+    angles = grid[..., None] * (jnp.pi / 2 * 2.0 ** jnp.arange(PIXEL_FREQUENCIES))  # (H, W, 2, F)
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(height, width, -1)
 
 
 def _check_inputs(cfg: UNet3DConfig, x, logsnr, text, text_mask, cond, cond_logsnr) -> None:
