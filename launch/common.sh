@@ -46,9 +46,37 @@ if [[ -n $PROJECT ]]; then
   GCLOUD_FLAGS+=(--project="$PROJECT")
 fi
 
-# Runs one shell command line on every worker of the TPU at once.
+# Runs one shell command line on every worker of the TPU at once. A preempted worker vanishes
+# without closing its connection: keepalives end the ssh (status 255) after about 5 minutes instead
+# of leaving it, and supervise.sh, waiting for hours.
 tpu_ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_FLAGS[@]}" --worker=all --command="$1"
+  gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_FLAGS[@]}" --worker=all \
+    --ssh-flag=-oServerAliveInterval=60 --ssh-flag=-oServerAliveCountMax=5 --command="$1"
+}
+
+# The value of FIELD (e.g. state) in `gcloud compute tpus KIND describe $TPU_NAME`, KIND being
+# tpu-vm or queued-resources; MISSING when there is no such resource. Any other error stops the
+# script: a slice that cannot be seen must not be taken for a lost one, and deleted.
+describe_value() {
+  local errors value
+  errors=$(mktemp)
+  if value=$(gcloud compute tpus "$1" describe "$TPU_NAME" "${GCLOUD_FLAGS[@]}" --format="value($2)" \
+    2> "$errors"); then
+    rm -f "$errors"
+    echo "$value"
+  elif grep -q NOT_FOUND "$errors"; then
+    rm -f "$errors"
+    echo MISSING
+  else
+    cat "$errors" >&2
+    rm -f "$errors"
+    die "could not describe $TPU_NAME (gcloud's error is above)"
+  fi
+}
+
+# Progress of waits and restarts that last hours, read long after: each line says when.
+log() {
+  echo "$(date -u '+%Y-%m-%d %H:%M:%S') $(basename "$0"): $*"
 }
 
 # REPO_DIR as one word of a command line for the workers' shell: quoted against spaces, with a
