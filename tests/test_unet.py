@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import apply_unet, make_inputs
 from dreamix_jax import pretrained
-from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig
+from dreamix_jax.models.unet3d import POSITION_FEATURES, UNet3D, UNet3DConfig, space_time_features
 
 
 def test_output_is_v_shaped_like_the_input(tiny_config, tiny_model):
@@ -102,23 +102,27 @@ def test_a_position_embedding_added_to_a_trained_model_starts_as_identity(tiny_c
     grown = UNet3D(cfg, rngs=nnx.Rngs(0))
     params = nnx.state(grown, nnx.Param)
     trained = pretrained.flatten_weights(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)), "unet")
-    with pytest.raises(ValueError, match="have no 'unet/clip_frame_embedding'"):
+    with pytest.raises(ValueError, match="have no 'unet/position_embedding/kernel'"):
         pretrained.fill(params, trained, "unet")
-    kept = pretrained.fill(params, trained, "unet", keep_zeros=True)
-    assert sorted(kept) == ["unet/clip_frame_embedding", "unet/pixel_embedding/kernel"]
+    assert pretrained.fill(params, trained, "unet", keep_zeros=True) == ["unet/position_embedding/kernel"]
     nnx.update(grown, params)
     x, logsnr, text, mask = make_inputs(tiny_config, batch=1)
     np.testing.assert_allclose(grown(x, logsnr, text, mask), apply_unet(graphdef, state, x, logsnr, text, mask),
                                atol=1e-5)
-    # Once trained (non-zero), the embedding differs at every pixel and frame, but not between the
-    # frames of the frames objective (an unordered set); a missing weight that is not zero is never kept.
-    grown.pixel_embedding.kernel.set_value(jax.random.normal(jax.random.key(2), grown.pixel_embedding.kernel.shape))
-    grown.clip_frame_embedding.set_value(jax.random.normal(jax.random.key(3), grown.clip_frame_embedding.shape))
+    # A weight the file lacks is kept only while it is all zeros.
+    grown.position_embedding.kernel.set_value(jnp.ones_like(grown.position_embedding.kernel[...]))
     with pytest.raises(ValueError, match="have no"):
         pretrained.fill(nnx.state(grown, nnx.Param), trained, "unet", keep_zeros=True)
-    c = cfg.channels[0]
-    shape = (1, 3, 4, 4, c)
-    clip = np.asarray(grown._position(shape, frames_independent=False)).reshape(-1, c)
-    assert len(np.unique(clip.round(5), axis=0)) == 3 * 4 * 4
-    frames = np.asarray(grown._position(shape, frames_independent=True))
-    assert frames.shape[0] == 1 and len(np.unique(frames.reshape(-1, c).round(5), axis=0)) == 16
+
+
+def test_space_time_features_tell_every_place_apart_but_not_the_frames_of_the_frames_objective():
+    clip = np.asarray(space_time_features(4, 6, 8))
+    assert clip.shape == (4, 6, 8, POSITION_FEATURES) and np.abs(clip).max() <= 1.0
+    assert len(np.unique(clip.reshape(-1, POSITION_FEATURES).round(5), axis=0)) == 4 * 6 * 8
+    # x·t among the features: one linear map can put a place's weight at x = +t (a rightward move).
+    x, t = (np.arange(8) + 0.5) / 8 * 2 - 1, (np.arange(4) + 0.5) / 4 * 2 - 1
+    target = np.broadcast_to(-(x[None, None, :] - t[:, None, None]) ** 2, (4, 6, 8))
+    weights, *_ = np.linalg.lstsq(clip.reshape(-1, POSITION_FEATURES), target.reshape(-1), rcond=None)
+    np.testing.assert_allclose(clip @ weights, target, atol=0.05)
+    frames = np.asarray(space_time_features(4, 6, 8, frames_independent=True))
+    assert np.all(frames == frames[:1]) and len(np.unique(frames[0].reshape(-1, POSITION_FEATURES).round(5), axis=0)) == 48

@@ -37,10 +37,11 @@ class UNet3DConfig:
     text_dim: int = 32
     in_channels: int = 3
     cond_channels: int = 0  # channels of the low-resolution conditioning video; 0 = none
-    # Add an embedding of each pixel's (x, y) and each frame's index to the input features.
-    # Convolutions and attention are otherwise blind to where in the frame and clip they are (but
-    # for zero padding): a base stage must place the object where its prompt's motion puts it in
-    # each frame. Zero-initialised, so it can be added to a trained stage and warm-started.
+    # Add a learned function of each pixel's (x, y) and frame's place in the clip to the input
+    # features. Convolutions and attention are otherwise blind to where in the frame and clip they
+    # are (but for zero padding); a base stage must place the object where its prompt's motion puts
+    # it in each frame, a function of (word, frame, x, y). Zero-initialised, so it can be added to a
+    # trained stage and warm-started.
     position_embedding: bool = False
     out_channels: int = 3
     embed_dim: int = 0  # noise-level embedding width; 0 = 4 × channels[0]
@@ -176,11 +177,9 @@ class UNet3D(nnx.Module):
         self.text_pool = dense(cfg.text_dim, emb_dim, ("text_embed", "embed"), **kw)
         self.conv_in = conv(cfg.in_channels + cfg.cond_channels, ch0, (3, 3), **kw)
         if cfg.position_embedding:
-            self.pixel_embedding = nnx.Linear(
-                4 * PIXEL_FREQUENCIES, ch0, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+            self.position_embedding = nnx.Linear(
+                POSITION_FEATURES, ch0, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                 kernel_init=logical(nnx.initializers.zeros, "position", "embed"))
-            self.clip_frame_embedding = nnx.Param(logical(nnx.initializers.zeros, "relpos", "embed")(
-                rngs.params(), (cfg.max_temporal_distance + 1, ch0), param_dtype))
 
         levels = len(cfg.channels)
         down, downsample, skip_ch = [], [], [ch0]
@@ -226,15 +225,6 @@ class UNet3D(nnx.Module):
         pooled = (text.astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
         return emb + self.text_pool(pooled.astype(self.cfg.dtype))
 
-    def _position(self, shape: tuple[int, ...], frames_independent: bool) -> jax.Array:
-        """(T, H, W, C) embedding of pixel coordinates and (for ordered clips) frame indices."""
-        _, t, h, w, _ = shape
-        out = self.pixel_embedding(pixel_features(h, w).astype(self.cfg.dtype))[None]
-        if not frames_independent:  # an unordered set of frames has no positions
-            frames = jnp.minimum(jnp.arange(t), self.cfg.max_temporal_distance)
-            out = out + self.clip_frame_embedding[...][frames].astype(self.cfg.dtype)[:, None, None]
-        return out
-
     def __call__(
         self,
         x: jax.Array,
@@ -264,7 +254,8 @@ class UNet3D(nnx.Module):
 
         h = self.conv_in(x.astype(cfg.dtype))
         if cfg.position_embedding:
-            h = h + self._position(h.shape, frames_independent)
+            _, t, height, width, _ = h.shape
+            h = h + self.position_embedding(space_time_features(t, height, width, frames_independent).astype(h.dtype))
         skips = [h]
         for level, blocks in enumerate(self.down):
             for block in blocks:
@@ -283,15 +274,28 @@ class UNet3D(nnx.Module):
         return self.conv_out(nnx.silu(self.norm_out(h))).astype(jnp.float32)
 
 
-PIXEL_FREQUENCIES = 4
+POSITION_FREQUENCIES = 4  # octaves per coordinate, from one period over the frame or clip up
+POSITION_FEATURES = 2 * POSITION_FREQUENCIES * (3 + 2 * 2 * POSITION_FREQUENCIES)
 
 
-def pixel_features(height: int, width: int) -> jax.Array:
-    """(H, W, 4·PIXEL_FREQUENCIES) Fourier features of each pixel centre's (x, y) in [-1, 1]."""
-    ys, xs = ((jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0 for n in (height, width))
-    grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)  # (H, W, 2)
-    angles = grid[..., None] * (jnp.pi / 2 * 2.0 ** jnp.arange(PIXEL_FREQUENCIES))  # (H, W, 2, F)
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(height, width, -1)
+def _fourier(u: jax.Array) -> jax.Array:
+    """(..., 2F) sin/cos features of coordinates u in [-1, 1], F octaves."""
+    angles = u[..., None] * (jnp.pi / 2 * 2.0 ** jnp.arange(POSITION_FREQUENCIES))
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def space_time_features(frames: int, height: int, width: int, frames_independent: bool = False) -> jax.Array:
+    """(T, H, W, POSITION_FEATURES) features of each pixel centre's x, y and frame's t in [-1, 1],
+    with the products x·t and y·t (so that one linear map of them can move a place over the clip).
+    Frames of the frames objective, an unordered set, have no t: its features are zero."""
+    x, y, t = ((jnp.arange(n, dtype=jnp.float32) + 0.5) / n * 2.0 - 1.0 for n in (width, height, frames))
+    fx, fy, ft = _fourier(x), _fourier(y), _fourier(t) * (not frames_independent)
+    shape = (frames, height, width)
+    fx = jnp.broadcast_to(fx[None, None], (*shape, fx.shape[-1]))
+    fy = jnp.broadcast_to(fy[None, :, None], (*shape, fy.shape[-1]))
+    ft = jnp.broadcast_to(ft[:, None, None], (*shape, ft.shape[-1]))
+    products = [(a[..., :, None] * ft[..., None, :]).reshape(*shape, -1) for a in (fx, fy)]
+    return jnp.concatenate([fx, fy, ft, *products], axis=-1)
 
 
 def _check_inputs(cfg: UNet3DConfig, x, logsnr, text, text_mask, cond, cond_logsnr) -> None:
