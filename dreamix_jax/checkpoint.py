@@ -71,7 +71,9 @@ def _safetensors_file(path: pathlib.Path) -> dict[str, _MappedTensor]:
 
 
 def open_safetensors(path: str | os.PathLike) -> dict[str, LazyTensor]:
-    """Tensors of a safetensors file, or of a directory with `model.safetensors` or its sharded index."""
+    """Tensors of a local safetensors file, or of a directory with `model.safetensors` or its sharded index."""
+    if str(path).startswith("gs://"):  # memory-mapped, which needs a local file
+        raise ValueError(f"safetensors checkpoints are read from local files; copy {path} to a local folder first.")
     path = pathlib.Path(path)
     if path.is_dir():
         index = path / "model.safetensors.index.json"

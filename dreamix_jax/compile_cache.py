@@ -23,10 +23,15 @@ ENV = "DREAMIX_COMPILATION_CACHE"
 _OFF = ("", "0", "off", "false", "no")
 
 
-def default_dir() -> pathlib.Path:
-    """The user cache folder: `$XDG_CACHE_HOME/dreamix_jax/xla`, else `~/.cache/dreamix_jax/xla`."""
+def user_cache_dir() -> pathlib.Path:
+    """This package's user cache folder: `$XDG_CACHE_HOME/dreamix_jax`, else `~/.cache/dreamix_jax`."""
     root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(root) / "dreamix_jax" / "xla"
+    return pathlib.Path(root) / "dreamix_jax"
+
+
+def default_dir() -> pathlib.Path:
+    """The compilation cache's default folder: `user_cache_dir() / "xla"`."""
+    return user_cache_dir() / "xla"
 
 
 def chosen_dir() -> pathlib.Path | None:

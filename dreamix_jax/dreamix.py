@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 from flax import nnx
 
 from dreamix_jax import cascade, objective
@@ -158,15 +158,15 @@ def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade
     return digest.hexdigest()[:16]
 
 
-def _save_params(path: pathlib.Path, unet: nnx.Module) -> None:
+def _save_params(path: epath.Path, unet: nnx.Module) -> None:
     flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
     with workdir_lib.atomic_path(path) as tmp:
         np.savez(tmp, **flat)
 
 
-def _load_params(path: pathlib.Path, unet: nnx.Module) -> nnx.Module:
+def _load_params(path: epath.Path, unet: nnx.Module) -> nnx.Module:
     graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
-    with np.load(path) as data:
+    with path.open("rb") as file, np.load(file) as data:
         params = jax.tree.map(jnp.copy, params)
         for p, variable in nnx.to_flat_state(params):
             variable.set_value(jax.device_put(data["/".join(map(str, p))], variable.get_value().sharding))
@@ -190,7 +190,7 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
     record: dict[str, Any] = dict(key=key, settings=dataclasses.asdict(settings), reused=False, stages={})
     if not stages:
         return cascade_, record
-    folder = pathlib.Path(workdir, "finetunes", key) if workdir else None
+    folder = workdir_lib.as_path(workdir) / "finetunes" / key if workdir else None
     shorter = {k: dataclasses.replace(settings, steps=k) for k in also_at}
     if folder is not None and all(_stored(folder.parent / finetune_key(clip, short, cascade_))
                                   for short in shorter.values()):
@@ -222,13 +222,13 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
     return cascade_.with_unets(unets), record
 
 
-def _stored(folder: pathlib.Path) -> bool:
+def _stored(folder: epath.Path) -> bool:
     """Whether a complete, readable finetune record is stored in `folder` (unreadable ones are rebuilt)."""
     return workdir_lib.read_json_or_none(folder / "finetune.json") is not None
 
 
 def _reuse(cascade_: Cascade, stages: Sequence[cascade.Stage],
-           folder: pathlib.Path) -> tuple[Cascade, dict[str, Any]] | None:
+           folder: epath.Path) -> tuple[Cascade, dict[str, Any]] | None:
     """The cascade with the finetune stored in `folder`, or None when it is missing or damaged."""
     record = workdir_lib.read_json_or_none(folder / "finetune.json")
     if record is None:
@@ -251,9 +251,8 @@ def _stage_record(losses: list[float], seconds: float) -> dict[str, float]:
                 seconds=round(seconds, 2))
 
 
-def _store(folder: pathlib.Path, all_stages, tuned_stages, unets, record: dict[str, Any]) -> None:
+def _store(folder: epath.Path, all_stages, tuned_stages, unets, record: dict[str, Any]) -> None:
     """Write a finetune's weights, then its record, which marks it complete."""
-    folder.mkdir(parents=True, exist_ok=True)
     for stage, unet in zip(all_stages, unets, strict=True):
         if stage in tuned_stages:
             _save_params(folder / f"{stage.name}.npz", unet)

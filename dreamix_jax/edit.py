@@ -3,6 +3,8 @@ r"""The Dreamix command line: video editing, image animation and subject-driven 
   python -m dreamix_jax.edit --config configs/dreamix.py:video --workdir /tmp/dreamix \
       --config.input=clip.mp4 --config.prompt="a green circle moving right on a gray background"
 
+The workdir and the input may be local or gs:// (`dreamix_jax.workdir`).
+
 Every input problem stops before any compute with one sentence. Each edit is written to
 `<workdir>/edits/<name>/`: `video.mp4` (the output at the final stage's fps), `comparison.mp4`
 (input beside output, captioned) and `result.json` (every setting, the finetune used, seconds per
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, cli, dreamix, evaluate, pretrained
@@ -136,8 +139,8 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "edit"
 
 
-def edit_folder(workdir: pathlib.Path, request: dreamix.EditRequest, finetune_key: str,
-                sampling: dict[str, Any]) -> pathlib.Path:
+def edit_folder(workdir: epath.Path, request: dreamix.EditRequest, finetune_key: str,
+                sampling: dict[str, Any]) -> epath.Path:
     """Where an edit is written: named by its prompt, seed and s, and keyed by everything else that
     makes it (input, finetune, weights, sampling), so another edit never replaces it."""
     what = json.dumps(dict(request=dataclasses.asdict(request), finetune=finetune_key, sampling=sampling),
@@ -150,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         model: pretrained.Cascade | None = None) -> list[dict[str, Any]]:
     """Finetune (or reuse a finetune) and edit as the config says; returns each edit's result record."""
     started = time.perf_counter()
-    workdir = video_io.local_workdir(workdir)
+    workdir = workdir_lib.as_path(workdir)
     prompts, settings = check_config(config)
     clip, fps, source = read_input(config)
 
@@ -178,7 +181,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     sampling = dict(guidance=config.guidance, sampling_steps=config.sampling_steps)
     for request, video in zip(requests, videos, strict=True):
         folder = edit_folder(workdir, request, finetune_record["key"], sampling)
-        folder.mkdir(parents=True, exist_ok=True)
         video_io.write_video(folder / "video.mp4", video, final.fps)
         video_io.write_video(folder / "comparison.mp4",
                              video_io.side_by_side([shown_input, video], ["input", request.prompt]), final.fps)

@@ -9,7 +9,7 @@ shipped default needs nothing but the package.
       base=/tmp/shapes/base tsr=/tmp/shapes/tsr ssr1=/tmp/shapes/ssr1 ssr2=/tmp/shapes/ssr2
 
 A stage's source may also be an earlier export, to retrain some stages and keep the others
-(`base=dreamix_jax/assets/tiny_cascade.npz`).
+(`base=dreamix_jax/assets/tiny_cascade.npz`). Weights files and workdirs may be local or gs://.
 """
 
 import dataclasses
@@ -17,16 +17,17 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from dreamix_jax import cascade
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.diffusion import Schedule
 from dreamix_jax.models.t5 import T5Config, T5Encoder, make_tokenizer
 from dreamix_jax.models.unet3d import UNet3D
@@ -85,7 +86,7 @@ def latest_weights(workdir: str | os.PathLike) -> tuple[int, dict[str, Any]]:
     """
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(pathlib.Path(workdir, "checkpoints").absolute(), item_names=("state",),
+    manager = ocp.CheckpointManager(workdir_lib.as_path(workdir) / "checkpoints", item_names=("state",),
                                     item_handlers=dict(state=ocp.StandardCheckpointHandler()))
     step = manager.latest_step()
     if step is None:
@@ -149,11 +150,11 @@ def part(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]
 
 def _run_config(workdir: str | os.PathLike) -> dict[str, Any]:
     """The resolved config a training run wrote to its workdir ({} if it wrote none)."""
-    path = pathlib.Path(workdir, "config.json")
+    path = workdir_lib.as_path(workdir) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: str | os.PathLike) -> pathlib.Path:
+def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: str | os.PathLike) -> epath.Path:
     """Write every stage's U-Net and the base stage's text encoder, with the config, to one `.npz`.
 
     A stage's source is its training workdir, or an earlier export (`.npz`) to carry that stage over.
@@ -173,13 +174,10 @@ def export(cascade_config: Mapping[str, Any], workdirs: Mapping[str, str], out: 
             arrays.update(encoder)
     config = cascade_config.to_dict() if hasattr(cascade_config, "to_dict") else dict(cascade_config)
     meta = dict(config=config, steps=steps)
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
+    out = workdir_lib.as_path(out)
+    with workdir_lib.atomic_path(out) as tmp, open(tmp, "wb") as f:  # numpy adds .npz to a name, not to a file
         np.savez_compressed(f, **{k: v.astype(np.float32) for k, v in arrays.items()},
                             **{_META: np.array(json.dumps(meta))})
-    os.replace(tmp, out)
     return out
 
 
@@ -227,11 +225,11 @@ def _filled(model_fn: Callable[[], nnx.Module], arrays: Mapping[str, np.ndarray]
 
 
 def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(weights by name, provenance) of a cascade weights file."""
-    path = pathlib.Path(path)
+    """(weights by name, provenance) of a cascade weights file (local or gs://)."""
+    path = workdir_lib.as_path(path)
     _check_weights_path(path)
     try:
-        with np.load(path) as data:
+        with path.open("rb") as file, np.load(file) as data:
             arrays = {k: data[k] for k in data.files}
         return arrays, json.loads(str(arrays.pop(_META)))
     except Exception as error:  # zip, npy and JSON readers raise many types for a damaged file
@@ -240,23 +238,23 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
 
 def read_stages(path: str | os.PathLike) -> tuple[cascade.Stage, ...]:
     """The stages of a cascade weights file, from its provenance alone (no weights are read)."""
-    path = pathlib.Path(path)
+    path = workdir_lib.as_path(path)
     _check_weights_path(path)
-    try:
-        with np.load(path) as data:
+    try:  # a zip file's members are read by themselves: only the provenance's bytes are fetched
+        with path.open("rb") as file, np.load(file) as data:
             meta = json.loads(str(data[_META]))
         return cascade.stages_from_config(_tuples(meta["config"]))
     except Exception as error:
         raise ValueError(_unreadable(path, error)) from error
 
 
-def _check_weights_path(path: pathlib.Path) -> None:
+def _check_weights_path(path: epath.Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"Cascade weights {path} not found; export them with `python -m "
                                 "dreamix_jax.pretrained` or reinstall the package.")
 
 
-def _unreadable(path: pathlib.Path, error: Exception) -> str:
+def _unreadable(path: epath.Path, error: Exception) -> str:
     reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return (f"Cannot read cascade weights {path} ({reason}); give a file written by `python -m "
             "dreamix_jax.pretrained` (the shipped one is dreamix_jax/assets/tiny_cascade.npz).")
@@ -288,7 +286,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m dreamix_jax.pretrained --out FILE stage=workdir [stage=workdir ...]")
     workdirs = dict(a.split("=", 1) for a in args[2:])
     out = export(cascade_configs.get_config("tiny"), workdirs, args[1])
-    print(f"Wrote {out} ({out.stat().st_size / 2**20:.2f} MiB).")
+    print(f"Wrote {out} ({out.stat().length / 2**20:.2f} MiB).")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ The workdir holds `manifest.json` (finished trials, rewritten atomically after e
 interrupted sweep loses at most the batch in flight. Edits of synthetic clips (prompts in the
 dataset's caption grammar) are scored by the attribute detector; every edit also gets model-free
 scores (PSNR and SSIM of its degraded output against the degraded input, frame consistency).
-Sweeps run on one host and write a local workdir (launch/sweep.sh uploads it to GCS).
+Sweeps run on one host; the workdir may be local or gs:// (`dreamix_jax.workdir`).
 """
 
 import collections
@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, cli, dreamix, edit, evaluate, pretrained
@@ -156,9 +156,10 @@ def compile_count() -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def read_manifest(workdir: pathlib.Path) -> dict[str, Any]:
+def read_manifest(workdir: str | os.PathLike) -> dict[str, Any]:
     """Finished trials by id (empty for a new sweep)."""
-    manifest = workdir_lib.read_json_or_none(workdir / "manifest.json")  # unreadable: the trials run again
+    # An unreadable manifest counts as none: its trials run again.
+    manifest = workdir_lib.read_json_or_none(workdir_lib.as_path(workdir) / "manifest.json")
     trials = manifest.get("trials") if isinstance(manifest, dict) else None
     return trials if isinstance(trials, dict) else {}
 
@@ -188,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the trials the manifest does not hold yet, then write the report; returns the manifest."""
     started, compiles_before = time.perf_counter(), compile_count()
-    workdir = video_io.local_workdir(workdir)
+    workdir = workdir_lib.as_path(workdir)
     if config.edit.variant != "video":
         raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
     if config.batch_size < 1:
@@ -260,7 +261,7 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def write_plot(path: pathlib.Path, trials: Sequence[Trial], results: Mapping[str, Any]) -> pathlib.Path:
+def write_plot(path: epath.Path, trials: Sequence[Trial], results: Mapping[str, Any]) -> epath.Path:
     """Fidelity against alignment (detector scores; SSIM and frame consistency where there are none),
     averaged over seeds and prompts, one line per α through the values of s."""
     import matplotlib
@@ -291,15 +292,14 @@ def write_plot(path: pathlib.Path, trials: Sequence[Trial], results: Mapping[str
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    with workdir_lib.atomic_path(path) as tmp:
+        figure.savefig(tmp)
     plt.close(figure)
-    os.replace(tmp, path)
     return path
 
 
-def write_report(workdir: pathlib.Path, config: ml_collections.ConfigDict, trials: Sequence[Trial],
-                 results: Mapping[str, Any], summary: Mapping[str, Any]) -> pathlib.Path:
+def write_report(workdir: epath.Path, config: ml_collections.ConfigDict, trials: Sequence[Trial],
+                 results: Mapping[str, Any], summary: Mapping[str, Any]) -> epath.Path:
     """`report.html`: the plot, a contact sheet (finetuning settings × sampling settings) and the metric table."""
     plot = write_plot(workdir / "fidelity_alignment.png", trials, results)
     esc = html.escape
@@ -377,7 +377,7 @@ def main(argv: list[str]) -> None:
     del argv
     config, workdir = cli.flag_values("configs/sweeps/shapes_edit.py")
     cli.run(run, config, workdir, purpose="sweep")
-    print(pathlib.Path(flags.FLAGS.workdir, "report.html"))
+    print(workdir_lib.as_path(workdir) / "report.html")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,14 @@
 """Prompts → T5 embeddings: tokenize, encode jitted and sharded, cache each prompt on disk.
 
 A sweep edits many videos with the same few prompts; each (weights, tokenizer, prompt, length)
-is encoded once and then read back from `cache_dir`. The weights enter the key through a
-fingerprint, so a different checkpoint never reads another's embeddings.
+is encoded once and then read back from `cache_dir` (local or gs://). The weights enter the key
+through a fingerprint, so a different checkpoint never reads another's embeddings.
 """
 
 import hashlib
 import json
 import logging
 import os
-import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dreamix_jax import checkpoint
+from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.models.t5 import (
     T5Config,
     T5Encoder,
@@ -76,7 +75,7 @@ class TextEncoder:
         self.dim = model.cfg.d_model
         data = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
         self.batch_size = -(-max(batch_size, 1) // data) * data  # a multiple of the data-parallel size
-        self.cache_dir = pathlib.Path(cache_dir) if cache_dir else None
+        self.cache_dir = workdir_lib.as_path(cache_dir) if cache_dir else None
         self.fingerprint = weights_fingerprint(self.state)
         self.encoded_prompts = 0  # prompts that went through the encoder (not read from the cache)
         self._encode = jax.jit(_encode, static_argnums=0, out_shardings=batch_sharding(mesh, 3))
@@ -119,18 +118,15 @@ class TextEncoder:
         path = self.cache_dir / f"{self.cache_key(prompt)}.npz"
         if not path.is_file():
             return None
-        with np.load(path) as data:
+        with path.open("rb") as file, np.load(file) as data:
             return data["embedding"], data["mask"]
 
     def _write_cache(self, prompt: str, embedding: np.ndarray, mask: np.ndarray) -> None:
         if self.cache_dir is None:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written under a temporary name and renamed: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, embedding=embedding, mask=mask, prompt=np.array(prompt))
-        os.replace(tmp, self.cache_dir / f"{self.cache_key(prompt)}.npz")
+        # Written in one step: a reader never sees half a file.
+        with workdir_lib.atomic_path(self.cache_dir / f"{self.cache_key(prompt)}.npz") as tmp:
+            np.savez(tmp, embedding=embedding, mask=mask, prompt=np.array(prompt))
 
 
 def load_encoder(config: Mapping[str, Any], mesh: Mesh) -> T5Encoder:

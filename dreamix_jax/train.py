@@ -5,16 +5,17 @@ clips with the mixed objective `w_video · L_video + α · L_frames` (both weigh
 rate are traced; a weight of 0 drops its program). SR stages learn from (low-resolution
 condition, target) pairs cut from each clip, with conditioning augmentation. Checkpoints
 (Orbax) hold the weights, optimizer state, data-iterator state and the resolved config; running
-again on the same workdir resumes exactly where the last checkpoint stopped.
+again on the same workdir resumes exactly where the last checkpoint stopped. The workdir (and the
+data dir, `dreamix_jax.data.shapes_video`) may be local or gs://.
 
   python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir /tmp/shapes/base
+  python -m dreamix_jax.train --config configs/pretrain_shapes.py:base --workdir gs://bucket/shapes/base
 """
 
 import functools
 import json
 import logging
 import math
-import pathlib
 import signal
 import time
 from collections.abc import Callable
@@ -27,13 +28,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, cli, objective, pretrained, probe
 from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import loader as loader_lib
-from dreamix_jax.data import shapes_video, video_io
+from dreamix_jax.data import shapes_video
 from dreamix_jax.diffusion import Schedule
 from dreamix_jax.models.t5 import T5Config, make_tokenizer
 from dreamix_jax.models.text_to_video import TextToVideo
@@ -152,7 +154,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Train until `config.total_steps` (resuming from `workdir`); returns the last logged metrics."""
     # ---- Setup ----------------------------------------------------------------------------------
-    workdir_path = video_io.local_workdir(workdir)
+    workdir_path = workdir_lib.as_path(workdir)
     check_config(config)
     initialize_distributed(config)
     lead = jax.process_index() == 0
@@ -211,7 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     # ---- Checkpoints ----------------------------------------------------------------------------
     manager = ocp.CheckpointManager(
-        (workdir_path / "checkpoints").absolute(), item_names=("state", "data", "config"),
+        workdir_path / "checkpoints", item_names=("state", "data", "config"),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                              enable_async_checkpointing=False))
     start = 0
@@ -222,11 +224,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         restored = manager.restore(start, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
         params, opt_state, ema = (restored["state"][k] for k in ("params", "opt_state", "ema"))
-        if lead:  # rows logged after the checkpoint are logged again as those steps rerun
-            _drop_rows_after(workdir_path / "metrics.jsonl", start)
         log.info("Resumed from step %d of %s.", start, workdir)
     elif lead:
-        workdir_path.mkdir(parents=True, exist_ok=True)
         workdir_lib.write_text_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
 
     def save(step: int) -> None:
@@ -241,7 +240,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     stop = StopRequested()
     metrics: dict[str, Any] = {}
     progress = _progress(lead, start, config.total_steps)
-    log_file = (workdir_path / "metrics.jsonl").open("a") if lead else None
+    # Rows logged after the checkpoint resumed from are dropped: those steps log them again.
+    log_rows = _rows_up_to(workdir_path / "metrics.jsonl", start) if lead else None
     writer = _tensorboard(workdir_path) if lead else None
     compiled, flops_per_step = None, 0.0
     tick, ticked = time.perf_counter(), start
@@ -270,14 +270,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                                flops_per_s=steps * flops_per_step / elapsed)
                 tick, ticked = time.perf_counter(), done
                 if lead:
-                    _log_row(log_file, writer, metrics)
+                    _log_row(workdir_path / "metrics.jsonl", log_rows, writer, metrics)
             if probe_every and (done % probe_every == 0 or done == config.total_steps):
                 errors = probe_errors(ema if ema is not None else params, rest, *probe_inputs, jax.random.key(0))
                 probed = dict(step=done, **probe.summary(probe.gaps(np.asarray(errors))))
                 log.info("Probe at step %d: %s", done, ", ".join(
                     f"{a} {probed[f'probe/{a}']:+.1%}" for a in probe.ATTRIBUTES))
                 if lead:
-                    _log_row(log_file, writer, probed)
+                    _log_row(workdir_path / "metrics.jsonl", log_rows, writer, probed)
             if on_step is not None:
                 on_step(done, metrics)
             stopping = stop(done)
@@ -290,7 +290,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         stop.restore()
         progress.close()
         if lead:
-            log_file.close()
             writer.close()
         manager.close()
     return metrics
@@ -370,14 +369,10 @@ def load_stage(source: str, stage: str, model: TextToVideo) -> None:
         nnx.update(module, state)
 
 
-def _drop_rows_after(path: pathlib.Path, step: int) -> None:
-    """Keep only the metrics rows up to `step` (the checkpoint a run resumes from)."""
-    if not path.is_file():
-        return
-    rows = path.read_text().splitlines(keepends=True)
-    kept = [r for r in rows if _row_step(r) <= step]
-    if len(kept) != len(rows):
-        workdir_lib.write_text_atomic(path, "".join(kept))
+def _rows_up_to(path: epath.Path, step: int) -> list[str]:
+    """The metrics rows already in `path` up to `step` (the checkpoint a run resumes from, or 0)."""
+    rows = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    return [r for r in rows if _row_step(r) <= step]
 
 
 def _row_step(row: str) -> float:
@@ -388,10 +383,11 @@ def _row_step(row: str) -> float:
         return float("inf")
 
 
-def _log_row(log_file, writer, row: dict[str, Any]) -> None:
-    """One row of metrics (with its `step`) to metrics.jsonl and TensorBoard."""
-    log_file.write(json.dumps(row) + "\n")
-    log_file.flush()
+def _log_row(path: epath.Path, rows: list[str], writer, row: dict[str, Any]) -> None:
+    """One row of metrics (with its `step`) added to `rows`, metrics.jsonl and TensorBoard."""
+    rows.append(json.dumps(row) + "\n")
+    # Rewritten whole, in one step: a GCS object cannot be appended to, and no row is ever torn.
+    workdir_lib.write_text_atomic(path, "".join(rows))
     for name, value in row.items():
         if name != "step":
             writer.add_scalar(name, value, row["step"])
@@ -404,7 +400,7 @@ def _progress(lead: bool, start: int, total: int):
     return tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step", dynamic_ncols=True)
 
 
-def _tensorboard(workdir: pathlib.Path):
+def _tensorboard(workdir: epath.Path):
     from tensorboardX import SummaryWriter
 
     return SummaryWriter(str(workdir / "tensorboard"))

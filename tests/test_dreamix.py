@@ -1,5 +1,5 @@
 """Dreamix on the shipped tiny cascade: camera warps, editing from s, batching, the command line's
-outputs, reuse of a stored finetune, and one-sentence errors for bad input."""
+outputs, reuse of a stored finetune, a workdir on gs://, and one-sentence errors for bad input."""
 
 import dataclasses
 import json
@@ -8,6 +8,8 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import gcs_names
+from etils import epath
 
 from configs import dreamix as dreamix_configs
 from dreamix_jax import cascade, dreamix, edit, evaluate
@@ -155,6 +157,32 @@ def test_a_damaged_finetune_is_rebuilt(cli_run, shipped, caplog):
     assert "Ignoring unreadable" in caplog.text and json.loads(record.read_text())["key"] == again["finetune"]["key"]
 
 
+def test_an_edit_on_gcs_stores_its_finetune_there_and_reuses_it(gcs_bucket, shipped, clip):
+    """Input, finetune store and edit on gs://, on the cascade's base and tsr stages (the store is the
+    same for any cascade): the programs of the one-stage finetune above and of those stages' sampling."""
+    workdir = f"{gcs_bucket}/edit"
+    two_stages = dataclasses.replace(shipped, stages=shipped.stages[:2], unets=shipped.unets[:2])
+    config = dreamix_configs.get_config("video")
+    config.input = str(video_io.write_video(f"{gcs_bucket}/inputs/edit.mp4", clip, fps=8.0))
+    config.prompt = "a green square moving right on a black background"
+    config.finetune.steps, config.finetune.stages = 3, "base"
+    (result,) = edit.run(config, workdir, model=two_stages)
+    key = result["finetune"]["key"]
+    assert result["finetune"]["reused"] is False
+    assert gcs_names(f"{workdir}/finetunes/{key}") == ["base.npz", "finetune.json"]
+    folder = epath.Path(result["output"]["video"]).parent
+    assert str(folder).startswith(f"{workdir}/edits/")
+    assert gcs_names(folder) == ["comparison.mp4", "result.json", "video.mp4"]
+    video, fps = video_io.read_frames(result["output"]["video"])
+    assert video.shape == (16, 16, 16, 3) and fps == 8
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["input"]["path"] == config.input and saved["finetune"]["key"] == key
+    # What the next edit of this input does first: its weights come back from the bucket.
+    _, again = dreamix.finetune(two_stages, edit.read_input(config)[0], edit.finetune_settings(config), workdir,
+                                progress=False)
+    assert again["reused"] is True and again["key"] == key
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(input="/nonexistent/clip.mp4"), "does not exist"),
     (dict(prompt=""), "prompt is empty"),
@@ -172,11 +200,11 @@ def test_bad_input_stops_before_any_compute(tmp_path, change, message):
         edit.run(config, tmp_path, model=object())  # a model is never touched
 
 
-def test_a_url_workdir_is_refused():
+def test_a_workdir_url_other_than_gcs_is_refused():
     config = dreamix_configs.get_config("video")
     config.prompt = "a red circle"
-    with pytest.raises(ValueError, match="is a URL"):
-        edit.run(config, "gs://bucket/edit", model=object())
+    with pytest.raises(ValueError, match=r"^s3://bucket/edit is a s3:// URL; give a local path or a gs:// URL\.$"):
+        edit.run(config, "s3://bucket/edit", model=object())
 
 
 def test_input_kinds_that_do_not_fit_the_variant(tmp_path, clip):

@@ -1,4 +1,4 @@
-"""The training loop: exact resume after a stop signal, the NaN guard, logs."""
+"""The training loop: exact resume after a stop signal or a crash (also from gs://), the NaN guard, logs."""
 
 import functools
 import json
@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import gcs_names
+from etils import epath
 from flax import nnx
 
 from configs import pretrain_shapes
@@ -131,6 +133,37 @@ def test_a_crash_resumes_from_the_last_checkpoint_without_duplicate_rows(data_di
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
 
 
+def test_a_run_on_gcs_checkpoints_and_logs_there_and_resumes_from_there(gcs_bucket, tmp_path, monkeypatch):
+    """The crash above with workdir and data dir on gs://: the run resumes from its gs:// checkpoint 2
+    and recomputes step 3 exactly (weights, optimizer state and data iterator came back whole). The
+    dataset is built and uploaded by the first run and downloaded by the second, as by another host."""
+    data_dir, workdir = f"{gcs_bucket}/tfds", f"{gcs_bucket}/train/base"
+
+    def crash_after_three(step, metrics):
+        if step == 3:
+            raise RuntimeError("crash")
+
+    config = smoke_config(data_dir, checkpoint_every=2, keep_checkpoints=2)  # the same compiled step as above
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first_host"))
+    with pytest.raises(RuntimeError, match="crash"):
+        train.train(config, workdir, on_step=crash_after_three)
+    crashed = [json.loads(r) for r in epath.Path(workdir, "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in crashed] == [1, 2, 3] and gcs_names(f"{workdir}/checkpoints") == ["2"]
+    assert epath.Path(data_dir, "shapes_video/smoke/1.0.0/dataset_info.json").exists()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "second_host"))
+    assert train.train(config, workdir)["step"] == 4
+    assert (tmp_path / "second_host/dreamix_jax/tfds/dreamix-test/tfds/shapes_video/smoke/1.0.0").is_dir()
+    rows = [json.loads(r) for r in epath.Path(workdir, "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert (rows[2]["loss"], rows[2]["grad_norm"]) == (crashed[2]["loss"], crashed[2]["grad_norm"])
+    assert gcs_names(f"{workdir}/checkpoints") == ["2", "4"]
+    assert json.loads(epath.Path(workdir, "config.json").read_text())["stage"] == "base"
+    assert gcs_names(f"{workdir}/tensorboard")[0].startswith("events.out.tfevents.")
+    steps, weights = pretrained.stage_weights(workdir, "base")  # what an export reads from a gs:// workdir
+    assert steps == 4 and np.isfinite(weights["unet/conv_out/kernel"]).all()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     config = smoke_config(data_dir, lr=1e30, checkpoint_every=1)  # the same compiled step as above
@@ -146,6 +179,6 @@ def test_training_crops_are_for_sr_stages_only(data_dir, tmp_path):
         train.train(smoke_config(data_dir, train_crop=(2, 8)), str(tmp_path / "crop"))
 
 
-def test_a_url_workdir_is_refused_before_any_work(data_dir):
-    with pytest.raises(ValueError, match="is a URL"):
-        train.train(smoke_config(data_dir), "gs://bucket/train/base")
+def test_a_workdir_url_other_than_gcs_is_refused_before_any_work(data_dir):
+    with pytest.raises(ValueError, match=r"^s3://b/train is a s3:// URL; give a local path or a gs:// URL\.$"):
+        train.train(smoke_config(data_dir), "s3://b/train")

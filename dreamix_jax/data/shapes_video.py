@@ -3,6 +3,10 @@
 Built and read without TensorFlow (`tfds.data_source`). Each example is one clip rendered from its
 seed at the builder config's size, stored as uint8, with its captions and every attribute.
 
+The data dir may be gs://. ArrayRecord files are read and written with local file calls only, so
+the dataset is then read from a local mirror (`<user cache>/tfds/<bucket>/<path>`): downloaded
+from the bucket when it holds the dataset, else built here and uploaded for later runs and hosts.
+
 Splits: `train` (no held-out colour–shape pair), `test` (same distribution, other seeds) and
 `held_out` (only held-out pairs, for compositional edits).
 
@@ -10,10 +14,12 @@ Splits: `train` (no held-out colour–shape pair), `test` (same distribution, ot
 """
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dreamix_jax import compile_cache, workdir
 from dreamix_jax.data import synthetic
 
 # Seeds of each split start far apart, so the splits never share a clip.
@@ -86,6 +92,23 @@ def build(data_dir: str, config: str = "tiny") -> None:
 
 
 def source(data_dir: str, split: str, config: str = "tiny"):
-    """Random-access source of one split (builds the dataset first if needed)."""
-    build(data_dir, config)
-    return tfds.data_source(f"shapes_video/{config}", data_dir=data_dir, split=split)
+    """Random-access source of one split (builds the dataset first if needed); `data_dir` is local or gs://."""
+    return tfds.data_source(f"shapes_video/{config}", data_dir=local_data_dir(data_dir, config), split=split)
+
+
+def local_data_dir(data_dir: str, config: str = "tiny") -> str:
+    """A local data dir holding the built dataset: `data_dir` itself, or the local mirror of a gs:// one."""
+    if not workdir.is_gcs(data_dir):
+        build(data_dir, config)
+        return data_dir
+    mirror = compile_cache.user_cache_dir() / "tfds" / data_dir[len("gs://"):].strip("/")
+    variant = pathlib.PurePosixPath("shapes_video", config, str(ShapesVideo.VERSION))
+    local, remote = mirror / variant, workdir.as_path(data_dir) / str(variant)
+    complete = remote / "dataset_info.json"  # uploaded last, so its presence means every file is there
+    if not local.exists() and complete.exists():
+        workdir.download_folder(remote, local)
+    build(str(mirror), config)  # a no-op when downloaded
+    if not complete.exists():
+        for file in sorted(local.iterdir(), key=lambda f: f.name == complete.name):
+            workdir.copy_file(file, remote / file.name)
+    return str(mirror)

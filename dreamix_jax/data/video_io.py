@@ -1,4 +1,4 @@
-"""Reading inputs (videos, frame folders, images) and writing videos, atomically.
+"""Reading inputs (videos, frame folders, images) and writing videos, atomically, on a local disk or gs://.
 
 Clips are float32 arrays (T, H, W, 3) in [-1, 1]. Grayscale inputs get three equal channels and
 alpha is composited over white. Images are decoded with Pillow, turned upright by their EXIF
@@ -10,12 +10,12 @@ sentence that names the file and the fix, before anything is computed.
 """
 
 import os
-import pathlib
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from etils import epath
 
 from dreamix_jax import workdir
 
@@ -36,15 +36,6 @@ DEFAULT_FPS = 8.0  # for inputs that carry no frame rate (frame folders, images)
 
 class InputError(ValueError):
     """An input that cannot be used, with what is wrong and how to fix it."""
-
-
-def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """The workdir as a local path; a URL (gs://...) is refused rather than read as a folder name."""
-    if "://" in str(workdir):
-        raise ValueError(f"The workdir {workdir} is a URL; workdirs are local folders (a folder every worker "
-                         "sees, such as a mounted bucket, on a pod). The launch scripts copy a worker-local "
-                         "workdir to the bucket when the run ends.")
-    return pathlib.Path(workdir)
 
 
 def to_unit_rgb(frame: np.ndarray) -> np.ndarray:
@@ -75,7 +66,7 @@ def _draft_size(size: tuple[int, int]) -> tuple[int, int]:
     return tuple(-(-side * MAX_IMAGE_SIDE // longest) for side in size)
 
 
-def _in_readable_mode(image: "Image.Image", path: pathlib.Path) -> "Image.Image":
+def _in_readable_mode(image: "Image.Image", path: epath.Path) -> "Image.Image":
     """The image as 8-bit L/LA/RGB/RGBA, or float F in [0, 1] (integer modes scaled by their full range)."""
     if image.mode == "F":
         low, high = image.getextrema()
@@ -90,7 +81,7 @@ def _in_readable_mode(image: "Image.Image", path: pathlib.Path) -> "Image.Image"
     return image.convert(_ALPHA_MODES.get(image.mode, "RGB"))
 
 
-def _decoded_pixels(image: "Image.Image", path: pathlib.Path) -> np.ndarray:
+def _decoded_pixels(image: "Image.Image", path: epath.Path) -> np.ndarray:
     """An opened image, upright and at most MAX_IMAGE_SIDE on its longest side → uint8 or float32 [0, 1] pixels."""
     from PIL import ImageOps
 
@@ -103,13 +94,13 @@ def _decoded_pixels(image: "Image.Image", path: pathlib.Path) -> np.ndarray:
     return np.clip(pixels, 0.0, 1.0) if image.mode == "F" else pixels
 
 
-def _read_image(path: pathlib.Path) -> np.ndarray:
+def _read_image(path: epath.Path) -> np.ndarray:
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, rather than decode, huge images
-            with Image.open(path) as image:
+            with path.open("rb") as file, Image.open(file) as image:
                 return to_unit_rgb(_decoded_pixels(image, path))
     except InputError:
         raise
@@ -120,12 +111,13 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
         raise InputError(f"Cannot read image {path} ({error}); give a PNG or JPEG file.") from error
 
 
-def _read_video_file(path: pathlib.Path) -> tuple[np.ndarray, float]:
+def _read_video_file(path: epath.Path) -> tuple[np.ndarray, float]:
     import imageio.v3 as iio
 
     try:
-        meta = iio.immeta(path)
-        frames = [to_unit_rgb(f) for f in iio.imiter(path)]
+        with workdir.local_copy(path) as local:  # ffmpeg reads files by name
+            meta = iio.immeta(local)
+            frames = [to_unit_rgb(f) for f in iio.imiter(local)]
     except InputError:
         raise
     except Exception as error:
@@ -138,16 +130,17 @@ def _read_video_file(path: pathlib.Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), fps or DEFAULT_FPS
 
 
-def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
+def _images_in(folder: epath.Path) -> list[epath.Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """A video file, an image, or a folder of frames/images → (clip (T, H, W, 3) in [-1, 1], fps).
 
-    A folder's images are read in name order. Frames of different sizes are an error.
+    A folder's images are read in name order. Frames of different sizes are an error. `path` is
+    local or gs://.
     """
-    path = pathlib.Path(path)
+    path = workdir.as_path(path)
     if not path.exists():
         raise InputError(f"Input {path} does not exist; check the path given as --config.input.")
     if path.is_dir():
@@ -174,14 +167,14 @@ def to_uint8(clip: np.ndarray) -> np.ndarray:
     return np.round((np.clip(np.asarray(clip, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def write_video(path: str | os.PathLike, clip: np.ndarray, fps: float, *, scale: int = 1) -> pathlib.Path:
-    """Write a clip (T, H, W, 3), in [-1, 1] or uint8, as mp4 (H.264) or gif, under a temporary name, then renamed.
+def write_video(path: str | os.PathLike, clip: np.ndarray, fps: float, *, scale: int = 1) -> epath.Path:
+    """Write a clip (T, H, W, 3), in [-1, 1] or uint8, as mp4 (H.264) or gif, in one step (`workdir.atomic_path`).
 
     `scale` enlarges every frame by pixel repetition (tiny clips are unreadable at their own size).
     """
     import imageio.v3 as iio
 
-    path = pathlib.Path(path)
+    path = workdir.as_path(path)
     frames = clip if clip.dtype == np.uint8 else to_uint8(clip)
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
