@@ -59,7 +59,8 @@ def get_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
         # training they learn to sharpen their input rather than to ignore it.
         order, stages = _chain(
             ("base", "base", 8, 16, 16, 4, dict(channels=(32, 64), attention_levels=(0, 1),
-                                                  temporal_attention_levels=(0, 1), **text),
+                                                  temporal_attention_levels=(0, 1), position_embedding=True,
+                                                  **text),
              dict(steps=32, guidance=3.0, finetune=True)),
             ("tsr", "tsr", 16, 16, 16, 8, dict(channels=(32, 64), attention_levels=(1,),
                                                  temporal_attention_levels=(), **text),
