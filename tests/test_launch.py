@@ -465,6 +465,14 @@ def supervise(env, *args, check=True):
     return run_script(env, "supervise.sh", *args, check=check)
 
 
+def supervise_queued_finetune(env, *outcomes, **settings):
+    """`supervise.sh finetune.sh base` on a healthy queued slice whose runs end as `outcomes`."""
+    env |= {"QUEUED": "1", **settings}
+    set_slice(env, queued="ACTIVE", node="READY")
+    plan(env, *outcomes)
+    return supervise(env, "finetune.sh", "base", check=False)
+
+
 @pytest.mark.parametrize("queued, status", [(True, 255), (True, 0), (False, 255)],
                          ids=["queued", "queued-clean-exit", "tpu-vm"])
 def test_supervise_recovers_from_a_preemption(env, worker, queued, status):
@@ -518,10 +526,7 @@ def test_supervise_recovers_from_a_preemption(env, worker, queued, status):
 
 
 def test_supervise_stops_at_once_on_a_failure_that_is_not_a_preemption(env, worker):
-    env["QUEUED"] = "1"
-    set_slice(env, queued="ACTIVE", node="READY")
-    plan(env, "fail:3")
-    result = supervise(env, "finetune.sh", "base", check=False)
+    result = supervise_queued_finetune(env, "fail:3")
     assert result.returncode == 3
     calls = gcloud_calls(env)
     assert [step(c) for c in calls] == ["queued-resources describe", "tpu-vm describe", "run",
@@ -535,10 +540,7 @@ def test_supervise_stops_at_once_on_a_failure_that_is_not_a_preemption(env, work
 
 @pytest.mark.parametrize("max_restarts", [0, 2])
 def test_supervise_honours_max_restarts(env, worker, max_restarts):
-    env |= {"QUEUED": "1", "MAX_RESTARTS": str(max_restarts)}
-    set_slice(env, queued="ACTIVE", node="READY")
-    plan(env, *["preempt:255"] * 5)
-    result = supervise(env, "finetune.sh", "base", check=False)
+    result = supervise_queued_finetune(env, *["preempt:255"] * 5, MAX_RESTARTS=str(max_restarts))
     assert result.returncode == 255
     steps = [step(c) for c in gcloud_calls(env)]
     assert steps.count("run") == max_restarts + 1
@@ -553,10 +555,7 @@ def test_supervise_honours_max_restarts(env, worker, max_restarts):
 
 
 def test_supervise_stops_when_the_slice_cannot_be_recreated(env, worker):
-    env |= {"QUEUED": "1", "FAKE_QUEUE_END": "FAILED"}
-    set_slice(env, queued="ACTIVE", node="READY")
-    plan(env, "preempt:255")
-    result = supervise(env, "finetune.sh", "base", check=False)
+    result = supervise_queued_finetune(env, "preempt:255", FAKE_QUEUE_END="FAILED")
     assert result.returncode == 1
     # The request FAILED (a describe for its state, one for the reason): no setup, no second run.
     assert [step(c) for c in gcloud_calls(env)] == [
@@ -569,10 +568,7 @@ def test_supervise_stops_when_the_slice_cannot_be_recreated(env, worker):
 
 def test_supervise_never_deletes_a_slice_it_cannot_see(env, worker):
     """A describe that fails other than with NOT_FOUND stops the supervisor: the slice may be fine."""
-    env["QUEUED"] = "1"
-    set_slice(env, queued="ACTIVE", node="READY")
-    plan(env, "deny:255")
-    result = supervise(env, "finetune.sh", "base", check=False)
+    result = supervise_queued_finetune(env, "deny:255")
     assert result.returncode == 1
     assert [step(c) for c in gcloud_calls(env)] == ["queued-resources describe", "tpu-vm describe", "run",
                                                     "queued-resources describe"]
