@@ -11,6 +11,9 @@ setting.
 How the work is shared:
 - Finetuning settings that differ only in `steps` are one run, stored at each step count.
   Every trial reuses one compiled step per stage and objective (lr and α are traced).
+- Runs that share the prompt, the finetuned stages and the objective paths train
+  `trials_per_program` at a time in one program, their weights stacked on a `trial` mesh axis
+  (`dreamix.finetune_trials`); 1 trains them one after another.
 - The sampling settings of one finetuned cascade run in batches of `batch_size` (the last one
   padded), so sampling compiles exactly once per stage: s, guidance, seed and prompt are data.
 
@@ -47,7 +50,7 @@ from ml_collections import config_flags
 from dreamix_jax import cascade, cli, dreamix, edit, evaluate, pretrained
 from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import video_io
-from dreamix_jax.sharding import make_mesh
+from dreamix_jax.sharding import make_mesh, make_trial_mesh
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,24 @@ def _caption(trial: Trial) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _stacked(model: pretrained.Cascade, clip: np.ndarray, groups: Mapping[dreamix.FinetuneSettings, list[Trial]],
+             per_program: int, mesh_shape: Sequence[int], workdir: epath.Path) -> Iterator[list[Trial]]:
+    """The groups (runs: settings that differ only in steps) in their order, those that can share a
+    program (`dreamix.stack_key`) finetuned together `per_program` at a time before the first of them."""
+    stacks: dict[tuple[Any, ...], list[dreamix.FinetuneSettings]] = collections.defaultdict(list)
+    for run_settings, group in groups.items():
+        longest = dataclasses.replace(run_settings, steps=max(t.finetune.steps for t in group))
+        stacks[dreamix.stack_key(longest, model.stages)].append(run_settings)
+    order = list(groups)
+    chunks = sorted((runs[i:i + per_program] for runs in stacks.values() for i in range(0, len(runs), per_program)),
+                    key=lambda chunk: order.index(chunk[0]))
+    for chunk in chunks:
+        if len(chunk) > 1:
+            settings = list(dict.fromkeys(t.finetune for r in chunk for t in groups[r]))
+            dreamix.finetune_trials(model, clip, settings, workdir, mesh=make_trial_mesh(len(chunk), mesh_shape))
+        yield from (groups[r] for r in chunk)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pretrained.Cascade | None = None,
         on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the trials the manifest does not hold yet, then write the report; returns the manifest."""
@@ -194,6 +215,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         raise ValueError("Sweeps edit videos; set edit.variant to 'video'.")
     if config.batch_size < 1:
         raise ValueError(f"batch_size is {config.batch_size}; use at least 1.")
+    per_program = config.get("trials_per_program", 1)
+    if per_program < 1:
+        raise ValueError(f"trials_per_program is {per_program}; use at least 1 (1 finetunes one run at a time).")
     edit.check_sampling(config.edit)
     weights = config.edit.weights or pretrained.SHIPPED
     trials = trials_of(config, model.stages if model else pretrained.read_stages(weights))
@@ -216,7 +240,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         groups[dataclasses.replace(trial.finetune, steps=0)].append(trial)
 
     batch_index = 0
-    for group in groups.values():
+    for group in _stacked(model, clip, groups, per_program, config.edit.mesh.shape, workdir):
         counts = sorted({t.finetune.steps for t in group})
         longest = dataclasses.replace(group[0].finetune, steps=counts[-1])
         if counts[-1]:

@@ -28,6 +28,9 @@ def get_config(arg: str | None = "default") -> ml_collections.ConfigDict:
     config.edit = dreamix_configs.get_config("video")  # input "" is the bundled example clip
     config.mode = "grid"  # "grid": every combination of each section's lists; "list": paired up
     config.batch_size = 12  # edits per sampling call (one compile per stage for the whole sweep)
+    # Finetuning runs trained at once in one program (weights stacked on the `trial` mesh axis) when
+    # they share the prompt, the stages and which of w_video and alpha are 0; 1 trains them one by one.
+    config.trials_per_program = 4
     if arg.variant == "smoke":
         config.edit.finetune.stages = "base"
         config.edit.sampling_steps = 4
