@@ -1,0 +1,139 @@
+"""The `trial` axis: finetunes of one stage stacked in one program equal the same finetunes run one by
+one, compile once, lie over the `trial` mesh axis, are stored where `finetune` finds them, and
+`sweep.run` stacks the runs it can."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from configs.sweeps import shapes_edit
+from dreamix_jax import dreamix, sharding, sweep
+from dreamix_jax.data import synthetic
+
+# Three runs in one stack: lr, α and seed differ; the third runs a step longer, so the others are
+# taken from a longer program at their own step count, and it is also stored after its first step.
+SETTINGS = (dreamix.FinetuneSettings(lr=2e-4, alpha=1.0, seed=0, steps=1),
+            dreamix.FinetuneSettings(lr=5e-4, alpha=0.5, seed=1, steps=1),
+            dreamix.FinetuneSettings(lr=1e-4, alpha=2.0, seed=2, steps=2),
+            dreamix.FinetuneSettings(lr=1e-4, alpha=2.0, seed=2, steps=1))
+RUNS = 3
+
+
+@pytest.fixture(scope="module")
+def base_only(shipped):
+    """The shipped cascade's base stage alone: stacking is the same for any stage."""
+    return dataclasses.replace(shipped, stages=shipped.stages[:1], unets=shipped.unets[:1])
+
+
+@pytest.fixture(scope="module")
+def clip():
+    attrs = synthetic.Attributes("green", "square", "left", "black", "large", (0.6, 0.5), (1.0, 2.0, 0.3))
+    return synthetic.render(attrs, 8, 16, 16)
+
+
+def _params(unet: nnx.Module) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(unet, nnx.Param))]
+
+
+@pytest.fixture(scope="module")
+def stacked(base_only, clip, tmp_path_factory):
+    """The three runs stacked on a trial-3 × data-2 mesh, with every call of the stacked step recorded."""
+    workdir = tmp_path_factory.mktemp("trials")
+    mesh = sharding.make_trial_mesh(RUNS, (-1, 1, 1), jax.devices()[:6])
+    calls, programs = [], []
+    original = dreamix._finetune_step
+
+    def spy(*args, **kwargs):
+        step = original(*args, **kwargs)
+        programs.append(step)
+
+        def run(params, *rest):
+            calls.append(jax.tree.leaves(params))
+            return step(params, *rest)
+
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dreamix, "_finetune_step", spy)
+        records = dreamix.finetune_trials(base_only, clip, SETTINGS, workdir, mesh=mesh, progress=False)
+        again = dreamix.finetune_trials(base_only, clip, SETTINGS, workdir, mesh=mesh, progress=False)
+    return dict(workdir=workdir, mesh=mesh, records=records, again=again, calls=calls, programs=programs)
+
+
+def test_stacked_finetunes_equal_separate_ones(stacked, base_only, clip):
+    for settings, record in zip(SETTINGS, stacked["records"], strict=True):
+        alone, alone_record = dreamix.finetune(base_only, clip, settings, progress=False)
+        stored, stored_record = dreamix.finetune(base_only, clip, settings, stacked["workdir"], progress=False)
+        assert record["key"] == stored_record["key"] == dreamix.finetune_key(clip, settings, base_only)
+        assert stored_record["reused"] is True and record["reused"] is False
+        # Up to ~2e-6 apart: the two programs sum in other orders, and Adam's first steps divide small
+        # gradients by their own size; a finetune moves weights by ~lr per step (1e-4 to 5e-4).
+        for a, b in zip(_params(stored.unets[0]), _params(alone.unets[0]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+        for name in ("first_loss", "last_loss"):
+            assert record["stages"]["base"][name] == pytest.approx(alone_record["stages"]["base"][name], rel=1e-5)
+
+
+def test_the_stacked_step_compiles_once_and_lies_over_trial(stacked):
+    (step,) = stacked["programs"]  # one stage, one program
+    assert step._cache_size() == 1
+    assert len(stacked["calls"]) == max(s.steps for s in SETTINGS)  # one call per step for all runs
+    assert dict(stacked["mesh"].shape) == {"trial": 3, "data": 2, "fsdp": 1, "tensor": 1}
+    for leaves in stacked["calls"]:
+        for leaf in leaves:
+            assert leaf.shape[0] == RUNS and leaf.sharding.spec[0] == "trial", leaf.sharding
+
+
+def test_stored_finetunes_are_not_trained_again(stacked):
+    assert [r["reused"] for r in stacked["again"]] == [True] * len(SETTINGS)
+    assert len(stacked["calls"]) == max(s.steps for s in SETTINGS)  # the second call ran no step
+
+
+def test_only_finetunes_with_one_program_stack(base_only, clip, tmp_path):
+    video_only = dataclasses.replace(SETTINGS[0], alpha=0.0)  # another objective: another program
+    with pytest.raises(ValueError, match="must share the prompt"):
+        dreamix.finetune_trials(base_only, clip, [SETTINGS[0], video_only], tmp_path)
+    assert dreamix.stack_key(SETTINGS[0], base_only.stages) == dreamix.stack_key(SETTINGS[2], base_only.stages)
+
+
+def test_trial_meshes_keep_each_copy_laid_out_by_its_shape():
+    shapes = {(4, (-1, 1, 1)): (4, 2, 1, 1), (3, (-1, 1, 1)): (1, 8, 1, 1), (8, (-1, 2, 1)): (4, 1, 2, 1),
+              (4, (1, 2, 4)): (1, 1, 2, 4)}
+    for (trials, shape), expected in shapes.items():
+        mesh = sharding.make_trial_mesh(trials, shape)
+        assert mesh.axis_names == ("trial", *sharding.MESH_AXES)
+        assert tuple(mesh.shape.values()) == expected, (trials, shape)
+    mesh = sharding.make_trial_mesh(4, (-1, 1, 2))  # trial 4 × tensor 2
+    assert sharding.logical_to_spec(("trial", "conv_in", "conv_out"), (4, 8, 8), mesh) == P("trial", None, "tensor")
+    # A model mesh has no trial axis: a stacked name there is simply replicated.
+    assert sharding.logical_to_spec(("trial", "conv_out"), (4, 8), sharding.make_mesh((-1, 1, 2))) == P(None, "tensor")
+    with pytest.raises(ValueError, match="at least 1 trial"):
+        sharding.make_trial_mesh(0, (-1, 1, 1))
+
+
+def test_a_sweep_stacks_its_runs(base_only, tmp_path, monkeypatch):
+    """The smoke sweep with two learning rates hands both runs to one stacked finetune; that finetune
+    and the edits are stubbed (tested above and in test_sweep.py), so the sweep trains each run on
+    its own instead and the manifest still names every finetune."""
+    config = shapes_edit.get_config("smoke")
+    config.edit.sampling_steps = 0
+    config.finetune = dict(lr=(1e-4, 3e-4), steps=(1,))
+    config.sample = dict(s=(0.5,), prompt=config.sample.prompt)
+    config.trials_per_program = 2
+    final = base_only.final
+    monkeypatch.setattr(dreamix, "edit", lambda tuned, clip, requests, guidance=None: (
+        np.zeros((len(requests), final.frames, final.height, final.width, 3), np.float32), {}))
+    stacks = []
+    monkeypatch.setattr(dreamix, "finetune_trials", lambda model, clip, settings, workdir, mesh: stacks.append(
+        (settings, dict(mesh.shape))))
+    manifest = sweep.run(config, tmp_path, model=base_only)
+    ((settings, mesh_shape),) = stacks
+    assert sorted((s.lr, s.steps) for s in settings) == [(1e-4, 1), (3e-4, 1)]
+    assert mesh_shape == {"trial": 2, "data": 4, "fsdp": 1, "tensor": 1}
+    clip = sweep.edit.read_input(config.edit)[0]
+    assert sorted(entry["finetune_key"] for entry in manifest.values()) == sorted(
+        dreamix.finetune_key(clip, s, base_only) for s in settings)
