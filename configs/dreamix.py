@@ -16,6 +16,7 @@ Several prompts are separated by ';'; with `num_seeds` seeds each, all edits run
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -55,4 +56,11 @@ def get_config(arg: str | None = "video") -> ml_collections.ConfigDict:
     # Image animation: the camera motion that turns the image into a clip (`none` repeats it).
     config.camera = dict(motion="zoom_in", amount=0.25)
     config.mesh = dict(shape=(-1, 1, 1))
+    # True on every host of a multi-host slice: jax.distributed.initialize() runs first (see
+    # sharding.py); unset, the three below are auto-detected (TPU pods). Several CPU processes on
+    # one machine name them.
+    config.distributed = False
+    config.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+    config.num_processes = config_dict.placeholder(int)
+    config.process_id = config_dict.placeholder(int)
     return config

@@ -3,7 +3,10 @@ r"""The Dreamix command line: video editing, image animation and subject-driven 
   python -m dreamix_jax.edit --config configs/dreamix.py:video --workdir /tmp/dreamix \
       --config.input=clip.mp4 --config.prompt="a green circle moving right on a gray background"
 
-The workdir and the input may be local or gs:// (`dreamix_jax.workdir`).
+The workdir and the input may be local or gs:// (`dreamix_jax.workdir`). On a multi-host slice
+every host runs the same command with `--config.distributed=True` and a workdir they all see
+(gs://): the cascade and the batch are laid out over every host's devices, and process 0 alone
+writes the finetune store and the outputs.
 
 Every input problem stops before any compute with one sentence. Each edit is written to
 `<workdir>/edits/<name>/`: `video.mp4` (the output at the final stage's fps), `comparison.mp4`
@@ -33,7 +36,7 @@ from ml_collections import config_flags
 from dreamix_jax import cascade, cli, dreamix, evaluate, pretrained
 from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import video_io
-from dreamix_jax.sharding import make_mesh
+from dreamix_jax.sharding import initialize_distributed, is_lead, make_mesh
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     workdir = workdir_lib.as_path(workdir)
     prompts, settings = check_config(config)
     clip, fps, source = read_input(config)
+    initialize_distributed(config)
 
     model = model or pretrained.load(config.weights or pretrained.SHIPPED, make_mesh(config.mesh.shape),
                                      cache_dir=workdir / "prompt_cache")
@@ -170,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         clip = dreamix.animate(np.asarray(image), config.camera.motion, final.frames, config.camera.amount)
 
     log.info("Finetuning %s.", ", ".join(s.name for s in to_tune) or "nothing")
-    tuned, finetune_record = dreamix.finetune(model, clip, settings, workdir)
+    tuned, finetune_record = dreamix.finetune(model, clip, settings, workdir, progress=is_lead())
     requests = dreamix.grid(prompts, range(config.seed, config.seed + config.num_seeds), [config.s])
     log.info("Sampling %d edit(s) in one batch.", len(requests))
     videos, seconds = dreamix.edit(tuned, None if config.variant == "subject" else clip, requests,
@@ -181,9 +185,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     sampling = dict(guidance=config.guidance, sampling_steps=config.sampling_steps)
     for request, video in zip(requests, videos, strict=True):
         folder = edit_folder(workdir, request, finetune_record["key"], sampling)
-        video_io.write_video(folder / "video.mp4", video, final.fps)
-        video_io.write_video(folder / "comparison.mp4",
-                             video_io.side_by_side([shown_input, video], ["input", request.prompt]), final.fps)
         result = dict(
             variant=config.variant, input=dict(path=source, frames=int(clip.shape[0]), fps=fps,
                                                height=int(clip.shape[1]), width=int(clip.shape[2])),
@@ -196,7 +197,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         if scores is not None:  # a prompt in the synthetic captions' grammar: the detector's reading
             result.update(scores=scores, detected=dict(
                 input=dataclasses.asdict(evaluate.detect(shown_input)), output=dataclasses.asdict(evaluate.detect(video))))
-        workdir_lib.write_json_atomic(folder / "result.json", result)
+        if is_lead():  # every process holds the same videos; one writes them
+            video_io.write_video(folder / "video.mp4", video, final.fps)
+            video_io.write_video(folder / "comparison.mp4",
+                                 video_io.side_by_side([shown_input, video], ["input", request.prompt]), final.fps)
+            workdir_lib.write_json_atomic(folder / "result.json", result)
         results.append(result)
     log.info("Done in %.1f s.", time.perf_counter() - started)
     return results
@@ -209,8 +214,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 def main(argv: list[str]) -> None:
     del argv
     config, workdir = cli.flag_values("configs/dreamix.py:video")
-    for result in cli.run(run, config, workdir, purpose="edit"):
-        print(result["output"]["comparison"])
+    results = cli.run(run, config, workdir, purpose="edit")
+    if is_lead():
+        for result in results:
+            print(result["output"]["comparison"])
 
 
 if __name__ == "__main__":
