@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Runs a Dreamix edit (configs/dreamix.py: finetune on the input, then sample) on every worker of
-# $TPU_NAME. The edit writes to outputs/edit in REPO_DIR on the worker, which is copied to
-# $BUCKET/edit when it succeeds. The editing entry point is single-host: use a one-host TPU
-# (e.g. ACCELERATOR_TYPE=v5litepod-8), since every worker of a pod would run the same edit.
+# $TPU_NAME, as one multi-host JAX program (--config.distributed=true): the cascade and the batch
+# of edits are laid out over the chips of every worker. The workdir is $BUCKET/edit, which every
+# worker reads and worker 0 alone writes: the finetune store, then each edit's video.mp4,
+# comparison.mp4 and result.json. Running the same command again reuses the stored finetune. An
+# input (--config.input) must be a path every worker can read, e.g. a gs:// URL.
 #
 # Usage:
 #   TPU_NAME=my-tpu BUCKET=gs://my-bucket/dreamix launch/sample.sh VARIANT [--config.key=value ...]
-#   e.g. launch/sample.sh video --config.prompt="a bear's dance, in the snow"
+#   e.g. launch/sample.sh video --config.input=gs://my-bucket/clip.mp4 --config.prompt="a bear's dance, in the snow"
 #
 # Environment (defaults in brackets; see common.sh and run.sh):
 #   TPU_NAME  required
-#   BUCKET    required: gs:// root the workdirs are copied to
+#   BUCKET    required: gs:// root; the workdir is $BUCKET/edit
 #   ZONE      [us-west4-a]
 #   PROJECT   passed as --project only when set [gcloud's default]
 #   REPO_DIR  [~/dreamix_jax]
@@ -30,5 +32,5 @@ fi
 variant=$1
 shift
 
-UPLOAD="outputs/edit $BUCKET/edit" exec "$here/run.sh" dreamix_jax.edit --config "configs/dreamix.py:$variant" \
-  --workdir outputs/edit "$@"
+exec "$here/run.sh" dreamix_jax.edit --config "configs/dreamix.py:$variant" --workdir "$BUCKET/edit" \
+  --config.distributed=true "$@"

@@ -245,8 +245,8 @@ WRAPPERS = {
                      "--workdir", "outputs/train/base", "--config.distributed=true",
                      "--config.batch_size=64", PROMPT], ["outputs/train/base", f"{BUCKET}/train/base"]),
     "sample.sh": (["video", PROMPT],
-                  ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", "outputs/edit", PROMPT],
-                  ["outputs/edit", f"{BUCKET}/edit"]),
+                  ["dreamix_jax.edit", "--config", "configs/dreamix.py:video", "--workdir", f"{BUCKET}/edit",
+                   "--config.distributed=true", PROMPT], None),
     "sweep.sh": (["shapes_edit:smoke", "--config.batch_size=4"],
                  ["dreamix_jax.sweep", "--config", "configs/sweeps/shapes_edit.py:smoke",
                   "--workdir", "outputs/sweeps/shapes_edit-smoke", "--config.batch_size=4"],
@@ -577,14 +577,20 @@ def test_supervise_never_deletes_a_slice_it_cannot_see(env, worker):
     assert slice_state(env)["queued"] == "ACTIVE"
 
 
-@pytest.mark.parametrize("script", ["sample.sh", "sweep.sh", "finetune.sh"])
-def test_supervise_warns_about_a_workdir_on_the_workers(env, worker, tmp_path, script):
+@pytest.mark.parametrize("script, on_workers", [("sweep.sh", True), ("finetune.sh", True), ("sample.sh", False)])
+def test_supervise_warns_about_a_workdir_on_the_workers(env, worker, tmp_path, script, on_workers):
+    """sweep.sh and finetune.sh without WORKDIR_ROOT write on the workers and copy to the bucket;
+    sample.sh writes in the bucket, which a recreated slice still sees."""
     del env["WORKDIR_ROOT"]
     set_slice(env, node="READY")
     result = supervise(env, script, {"sample.sh": "video", "sweep.sh": "shapes_edit"}.get(script, "base"))
-    assert (tmp_path / "upload.log").read_text().startswith("storage rsync --recursive outputs/")
-    assert (f"supervise.sh: note: {script} writes its workdir on the workers' disks, which a recreated slice "
-            "does not have: after a preemption it starts over.") in result.stdout
+    uploaded = tmp_path / "upload.log"
+    note = (f"supervise.sh: note: {script} writes its workdir on the workers' disks, which a recreated slice "
+            "does not have: after a preemption it starts over.")
+    if on_workers:
+        assert uploaded.read_text().startswith("storage rsync --recursive outputs/") and note in result.stdout
+    else:
+        assert not uploaded.exists() and "note:" not in result.stdout
 
 
 @pytest.mark.parametrize("setting, says", [
