@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -232,3 +233,62 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
 
     return jax.tree.map(place, batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# Several processes (hosts): host data in, host copies out, one writer.
+# ------------------------------------------------------------------------------------------------
+
+
+def is_lead() -> bool:
+    """Whether this process writes the files of a run (process 0; the only one on a single host)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Wait until every process gets here (nothing to wait for on one): before reading what the lead wrote."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(flag: bool) -> bool:
+    """Whether `flag` holds on every process: one answer for all of them (a collective on several)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.all(multihost_utils.process_allgather(np.bool_(flag))))
+
+
+def from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array laid out by `sharding` from a host array that every process holds whole, alike.
+
+    Each process places its own devices' shards: unlike `jax.device_put` onto other processes'
+    devices, no collective first checks that the processes' copies agree.
+    """
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def place_batch(batch: Any, mesh: Mesh) -> Any:
+    """Global arrays from a batch that every process holds whole, alike: rows split over the data axes
+    when they divide over them, otherwise replicated."""
+    data_size = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+    def place(x):
+        x = np.asarray(x)
+        split = x.ndim > 0 and x.shape[0] % data_size == 0
+        return from_host(x, batch_sharding(mesh, x.ndim) if split else NamedSharding(mesh, P()))
+
+    return jax.tree.map(place, batch)
+
+
+def to_host(tree: Any) -> Any:
+    """Every array of `tree` as a numpy array of its global value, on every process; arrays that span
+    other processes' devices are gathered, so every process must call this alike."""
+    leaves, treedef = jax.tree.flatten(tree)
+    far = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if far:  # one program gathers them all, replicated
+        replicated = [NamedSharding(leaves[i].sharding.mesh, P()) for i in far]
+        gathered = jax.jit(lambda xs: xs, out_shardings=replicated)([leaves[i] for i in far])
+        for i, x in zip(far, gathered, strict=True):
+            leaves[i] = x.addressable_data(0)
+    return jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves])
