@@ -1,14 +1,23 @@
-r"""What batching a sampling sweep saves: 16 (s, seed) edits of the bundled clip on the shipped tiny
-cascade, as one sweep against 16 separate `dreamix_jax.edit` runs.
+r"""What batching a sweep saves.
 
-Both arms start fresh Python processes with the same environment and no persistent compilation
-cache, do no finetuning (the pretrained cascade edits), sample every stage at its configured
-steps and write their outputs (the sweep also scores its edits and writes its report). Each
-process reports its XLA compilations (all programs, and the stage samplers alone); the wall time
-of each process is measured from outside, start-up and model loading included.
+Sampling: 16 (s, seed) edits of the bundled clip on the shipped tiny cascade, as one sweep against
+16 separate `dreamix_jax.edit` runs. Both arms do no finetuning (the pretrained cascade edits),
+sample every stage at its configured steps and write their outputs (the sweep also scores its
+edits and writes its report).
 
-  python benchmarks/sweep_cost.py            # table + benchmarks/results/sweep_cost.json
-  python benchmarks/sweep_cost.py --runs 4   # fewer separate runs, for a quick look
+Finetuning: K base-stage finetunes of the bundled clip (K learning rates and seeds), stacked on a
+`trial` axis in one program (`dreamix.finetune_trials`) against the same K run one after another
+in one process (`dreamix.finetune`, one shared program: what a sweep with trials_per_program=1
+does). Both store their finetunes.
+
+Every arm starts fresh Python processes with the same environment and no persistent compilation
+cache. Each process reports its XLA compilations (all programs; the stage samplers or the
+finetuning step programs alone); the wall time of each process is measured from outside,
+start-up and model loading included, and the finetuning arms also time their finetuning alone.
+
+  python benchmarks/sweep_cost.py                 # tables + benchmarks/results/sweep_cost.json
+  python benchmarks/sweep_cost.py --runs 4        # fewer separate edit runs, for a quick look
+  python benchmarks/sweep_cost.py --arms finetune --finetunes 4
 """
 
 import argparse
@@ -29,15 +38,29 @@ PROMPT = "a blue circle moving right on a gray background"
 S_VALUES = (0.5, 0.6, 0.7, 0.8)
 SEEDS = (0, 1, 2, 3)
 
-# Runs in a fresh process: one edit (settings as JSON in argv[2]) or the whole sweep, then prints
-# its compile counts. Importing dreamix_jax.sweep registers the compile listener before any work.
+# Runs in a fresh process: one edit (settings as JSON in argv[2]), the whole sweep, or K finetunes
+# stacked or in sequence, then prints its compile counts. Importing dreamix_jax.sweep registers the
+# compile listener before any work.
 _CHILD = """
-import json, sys
+import json, sys, time
 from configs import dreamix as dreamix_configs
 from configs.sweeps import shapes_edit
-from dreamix_jax import cascade, edit, sweep
+from dreamix_jax import cascade, dreamix, edit, pretrained, sweep
 mode, settings, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-if mode == "sweep":
+finetune_seconds = None
+if mode in ("stacked", "sequence"):
+    model = pretrained.load()
+    clip = edit.read_input(dreamix_configs.get_config("video"))[0]
+    runs = [dreamix.FinetuneSettings(lr=lr, seed=seed, steps=settings["steps"], stages=("base",))
+            for lr, seed in zip(settings["lr"], settings["seed"])]
+    start = time.perf_counter()
+    if mode == "stacked":
+        dreamix.finetune_trials(model, clip, runs, workdir, progress=False)
+    else:
+        for run in runs:
+            dreamix.finetune(model, clip, run, workdir, progress=False)
+    finetune_seconds = round(time.perf_counter() - start, 1)
+elif mode == "sweep":
     config = shapes_edit.get_config("default")
     config.finetune = dict(steps=(0,))
     config.sample = dict(s=settings["s"], seed=settings["seed"], prompt=(settings["prompt"],))
@@ -48,7 +71,9 @@ else:
     config.prompt, config.s, config.seed = settings["prompt"], settings["s"], settings["seed"]
     config.finetune.steps = 0
     edit.run(config, workdir)
-print("COUNTS", json.dumps(dict(compiles=sweep.compile_count(), sampler=cascade._sample_chunk._cache_size())))
+print("COUNTS", json.dumps(dict(compiles=sweep.compile_count(), sampler=cascade._sample_chunk._cache_size(),
+                                step_programs=dreamix._finetune_step.cache_info().currsize,
+                                finetune_seconds=finetune_seconds)))
 """
 
 
@@ -65,21 +90,15 @@ def run_child(mode: str, settings: dict, workdir: str) -> dict:
     return dict(seconds=round(seconds, 1), **counts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=len(S_VALUES) * len(SEEDS),
-                        help="separate runs to time (the first ones of the 16 settings); the sweep always does 16")
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "sweep_cost.json"))
-    args = parser.parse_args()
+def sampling_arms(runs: int, scratch: str) -> dict:
+    """One 16-edit sweep against `runs` separate edit runs: their table and JSON."""
     settings = [dict(prompt=PROMPT, s=s, seed=seed) for s, seed in itertools.product(S_VALUES, SEEDS)]
-
-    with tempfile.TemporaryDirectory() as scratch:
-        print(f"Sweep: {len(settings)} edits in one process ...", flush=True)
-        batched = run_child("sweep", dict(prompt=PROMPT, s=S_VALUES, seed=SEEDS), f"{scratch}/sweep")
-        separate = []
-        for i, one in enumerate(settings[:args.runs]):
-            print(f"Separate run {i + 1}/{args.runs}: s={one['s']} seed={one['seed']} ...", flush=True)
-            separate.append(run_child("edit", one, f"{scratch}/edit{i}"))
+    print(f"Sweep: {len(settings)} edits in one process ...", flush=True)
+    batched = run_child("sweep", dict(prompt=PROMPT, s=S_VALUES, seed=SEEDS), f"{scratch}/sweep")
+    separate = []
+    for i, one in enumerate(settings[:runs]):
+        print(f"Separate run {i + 1}/{runs}: s={one['s']} seed={one['seed']} ...", flush=True)
+        separate.append(run_child("edit", one, f"{scratch}/edit{i}"))
 
     per_edit = dict(sweep=batched["seconds"] / len(settings),
                     separate=sum(r["seconds"] for r in separate) / len(separate))
@@ -93,9 +112,45 @@ def main() -> None:
         print(f"{name:<24} {processes:>9} {edits:>5} {compiles:>12} {sampler:>16} {seconds:>8.1f} {each:>10.1f}")
     ratio = per_edit["separate"] / per_edit["sweep"]
     print(f"\nPer edit, separate runs cost {ratio:.1f}x the batched sweep.")
-    path = write_json(args.out, dict(
-        edits=len(settings), s_values=S_VALUES, seeds=SEEDS, prompt=PROMPT, sweep=batched, separate=separate,
-        seconds_per_edit=per_edit, separate_over_sweep=round(ratio, 2), cpu_count=os.cpu_count()))
+    return dict(edits=len(settings), s_values=S_VALUES, seeds=SEEDS, prompt=PROMPT, sweep=batched, separate=separate,
+                seconds_per_edit=per_edit, separate_over_sweep=round(ratio, 2))
+
+
+def finetune_arms(count: int, steps: int, scratch: str) -> dict:
+    """`count` base-stage finetunes stacked in one program against the same run in sequence: their table and JSON."""
+    settings = dict(lr=[1e-4 * (i + 1) for i in range(count)], seed=list(range(count)), steps=steps)
+    arms = {}
+    for mode, name in (("stacked", f"{count} finetunes stacked"), ("sequence", f"{count} finetunes in sequence")):
+        print(f"{name}, {steps} steps each ...", flush=True)
+        arms[mode] = dict(name=name, **run_child(mode, settings, f"{scratch}/{mode}"))
+    print(f"\n{'arm':<26} {'finetunes':>9} {'XLA compiles':>12} {'step programs':>13} {'finetune s':>10} "
+          f"{'wall s':>8} {'s per finetune':>14}")
+    for arm in arms.values():
+        print(f"{arm['name']:<26} {count:>9} {arm['compiles']:>12} {arm['step_programs']:>13} "
+              f"{arm['finetune_seconds']:>10.1f} {arm['seconds']:>8.1f} {arm['finetune_seconds'] / count:>14.1f}")
+    ratio = arms["sequence"]["finetune_seconds"] / arms["stacked"]["finetune_seconds"]
+    print(f"\nFinetuning in sequence takes {ratio:.2f}x as long as the stacked program.")
+    return dict(finetunes=count, steps=steps, stage="base", lr=settings["lr"], stacked=arms["stacked"],
+                sequence=arms["sequence"], sequence_over_stacked=round(ratio, 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", choices=("sampling", "finetune"), default=["sampling", "finetune"])
+    parser.add_argument("--runs", type=int, default=len(S_VALUES) * len(SEEDS),
+                        help="separate runs to time (the first ones of the 16 settings); the sweep always does 16")
+    parser.add_argument("--finetunes", type=int, default=4, help="finetunes stacked in one program (K)")
+    parser.add_argument("--finetune-steps", type=int, default=10, help="finetuning steps of each")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "sweep_cost.json"))
+    args = parser.parse_args()
+
+    results = dict(cpu_count=os.cpu_count())
+    with tempfile.TemporaryDirectory() as scratch:
+        if "sampling" in args.arms:
+            results.update(sampling_arms(args.runs, scratch))
+        if "finetune" in args.arms:
+            results["finetune"] = finetune_arms(args.finetunes, args.finetune_steps, scratch)
+    path = write_json(args.out, results)
     print(f"Wrote {path}")
 
 
