@@ -6,6 +6,9 @@ Composes the existing pieces and owns no layers:
   learn the input with a rare-token prompt and the mixed objective `w_video · L_video + α ·
   L_frames` (video-only, mixed and frames-only are three settings of the two weights). The
   result is stored under the workdir, keyed by the input and the settings, and reused.
+- `finetune_trials`: several such finetunes of one input (other lr, α, seed, steps) trained at
+  once, one program per stage, their weights stacked on the `trial` mesh axis; stored as
+  `finetune` stores them.
 - `edit`: `degrade` → noise to `s` → the base stage from `s` with the target prompt → every SR
   stage. Prompts, seeds and `s` values run as one batch; example i's noise depends only on its
   own seed, so a batch equals its edits run one by one.
@@ -14,6 +17,7 @@ Composes the existing pieces and owns no layers:
 - `subject`: images of one subject → frames-only finetuning → sampling from pure noise (`s = 1`).
 """
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -31,11 +35,23 @@ import numpy as np
 import tqdm
 from etils import epath
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dreamix_jax import cascade, objective
 from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.pretrained import Cascade
-from dreamix_jax.sharding import on_mesh
+from dreamix_jax.sharding import (
+    TRIAL_AXIS,
+    agree,
+    from_host,
+    is_lead,
+    make_trial_mesh,
+    on_mesh,
+    place_batch,
+    sync,
+    to_host,
+    trial_shardings,
+)
 from dreamix_jax.text import weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -105,15 +121,38 @@ def check_finetune(settings: FinetuneSettings, stages: Sequence[cascade.Stage]) 
 
 @functools.cache
 def _finetune_step(graphdef: nnx.GraphDef, paths: tuple[str, ...], schedule, cond_aug_max: float,
-                   state_layout: tuple[Any, tuple[Any, ...]]):
+                   state_layout: tuple[Any, tuple[Any, ...]], stacked: bool = False):
     """The jitted finetuning step; lr and the loss weights are traced, so every trial of a sweep
     with the same stage and objective paths shares one program. Its weights and optimizer state
     leave it laid out as they came in (`state_layout`: treedef and shardings), so the second step
-    does not compile again."""
+    does not compile again. `stacked`: weights, optimizer state, key, loss weights and lr carry a
+    leading trial axis (one finetune each); the frozen state and the batch are shared."""
     out_shardings = (*jax.tree.unflatten(*state_layout), None, None)
-    return jax.jit(objective.make_train_step(graphdef, objective.make_optimizer(), paths=paths, schedule=schedule,
-                                             cond_aug_max=cond_aug_max),
-                   donate_argnums=(0, 1), out_shardings=out_shardings)
+    step = objective.make_train_step(graphdef, objective.make_optimizer(), paths=paths, schedule=schedule,
+                                     cond_aug_max=cond_aug_max)
+    if stacked:
+        # Trials are independent, so each group of devices on the `trial` axis runs its own (manual over
+        # `trial`; data, fsdp and tensor stay automatic): the SPMD partitioner cannot split the grouped
+        # convolutions that vmap makes of stacked kernels over their groups.
+        trial, shared = P(TRIAL_AXIS), P()
+        step = jax.shard_map(jax.vmap(step, in_axes=(0, 0, None, None, 0, 0, 0)), mesh=state_layout[1][0].mesh,
+                             in_specs=(trial, trial, shared, shared, trial, trial, trial), out_specs=trial,
+                             axis_names={TRIAL_AXIS})
+    return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_shardings)
+
+
+def _stage_batch(stage: cascade.Stage, clip: jax.Array, text: np.ndarray, mask: np.ndarray) -> dict[str, jax.Array]:
+    """The one-example batch a stage is finetuned on: the clip at the stage's size, its prompt and condition."""
+    target, cond = cascade.training_pair(clip[None], stage)
+    batch = dict(video=target, text=jnp.asarray(text), text_mask=jnp.asarray(mask))
+    if cond is not None:
+        batch["cond"] = cond
+    return batch
+
+
+def _stage_key(settings: FinetuneSettings, stage: cascade.Stage) -> jax.Array:
+    """The key a stage's finetune draws its step keys from (step i: `fold_in(key, i)`)."""
+    return jax.random.fold_in(jax.random.key(settings.seed), len(stage.name))
 
 
 def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text: np.ndarray, mask: np.ndarray,
@@ -128,12 +167,9 @@ def finetune_stage(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text
     shardings = jax.tree.map(lambda x: x.sharding, (params, opt_state))
     step = _finetune_step(graphdef, settings.paths, schedule, stage.train_cond_aug,
                           (jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings))))
-    target, cond = cascade.training_pair(clip[None], stage)
-    batch = dict(video=target, text=jnp.asarray(text), text_mask=jnp.asarray(mask))
-    if cond is not None:
-        batch["cond"] = cond
+    batch = _stage_batch(stage, clip, text, mask)
     weights = jnp.asarray([settings.w_video, settings.alpha], jnp.float32)
-    key = jax.random.fold_in(jax.random.key(settings.seed), len(stage.name))
+    key = _stage_key(settings, stage)
     losses, kept = [], {}
     bar = tqdm.tqdm(range(settings.steps), desc=f"finetune {stage.name}", disable=not progress, unit="step")
     for i in bar:
@@ -159,17 +195,20 @@ def finetune_key(clip: np.ndarray, settings: FinetuneSettings, cascade_: Cascade
 
 
 def _save_params(path: epath.Path, unet: nnx.Module) -> None:
-    flat = {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))}
-    with workdir_lib.atomic_path(path) as tmp:
-        np.savez(tmp, **flat)
+    """Write a U-Net's weights from the lead process; every process takes part in gathering them."""
+    flat = to_host({"/".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(unet, nnx.Param))})
+    if is_lead():
+        with workdir_lib.atomic_path(path) as tmp:
+            np.savez(tmp, **flat)
 
 
 def _load_params(path: epath.Path, unet: nnx.Module) -> nnx.Module:
+    """A copy of `unet` with the weights stored in `path`, laid out as its own; every process reads them."""
     graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
+    params = jax.tree.map(lambda x: x, params)  # new variables, so the given U-Net keeps its weights
     with path.open("rb") as file, np.load(file) as data:
-        params = jax.tree.map(jnp.copy, params)
         for p, variable in nnx.to_flat_state(params):
-            variable.set_value(jax.device_put(data["/".join(map(str, p))], variable.get_value().sharding))
+            variable.set_value(from_host(data["/".join(map(str, p))], variable.get_value().sharding))
     return nnx.merge(graphdef, params, rest)
 
 
@@ -192,11 +231,14 @@ def finetune(cascade_: Cascade, clip: np.ndarray, settings: FinetuneSettings,
         return cascade_, record
     folder = workdir_lib.as_path(workdir) / "finetunes" / key if workdir else None
     shorter = {k: dataclasses.replace(settings, steps=k) for k in also_at}
+    reused = None
     if folder is not None and all(_stored(folder.parent / finetune_key(clip, short, cascade_))
                                   for short in shorter.values()):
         reused = _reuse(cascade_, stages, folder)
-        if reused is not None:
-            return reused
+    # Every process must train, or none: a finetune is reused only when all of them could read it.
+    if agree(reused is not None):
+        log.info("Reusing the finetune stored in %s.", folder)
+        return reused
 
     text, mask = cascade_.text([settings.prompt])
     unets = list(cascade_.unets)
@@ -242,7 +284,6 @@ def _reuse(cascade_: Cascade, stages: Sequence[cascade.Stage],
         log.warning("Ignoring the damaged finetune in %s (%s: %s); it will be rebuilt.", folder,
                     type(error).__name__, error)
         return None
-    log.info("Reusing the finetune stored in %s.", folder)
     return cascade_.with_unets(unets), {**record, "reused": True}
 
 
@@ -252,11 +293,137 @@ def _stage_record(losses: list[float], seconds: float) -> dict[str, float]:
 
 
 def _store(folder: epath.Path, all_stages, tuned_stages, unets, record: dict[str, Any]) -> None:
-    """Write a finetune's weights, then its record, which marks it complete."""
+    """Write a finetune's weights, then its record, which marks it complete; the lead process writes,
+    and every process returns once it is complete."""
     for stage, unet in zip(all_stages, unets, strict=True):
         if stage in tuned_stages:
             _save_params(folder / f"{stage.name}.npz", unet)
-    workdir_lib.write_json_atomic(folder / "finetune.json", record)
+    if is_lead():
+        workdir_lib.write_json_atomic(folder / "finetune.json", record)
+    sync(f"finetune stored in {folder}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Several finetunes in one program: a stacked `trial` axis.
+# ------------------------------------------------------------------------------------------------
+
+
+def stack_key(settings: FinetuneSettings, stages: Sequence[cascade.Stage]) -> tuple[Any, ...]:
+    """What finetunes must share to train in one stacked program: the prompt, the objective paths
+    (which of w_video and α are 0) and the finetuned stages (of a cascade's `stages`)."""
+    return settings.prompt, settings.paths, tuple(s.name for s in check_finetune(settings, stages))
+
+
+def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Array, text: np.ndarray,
+                          mask: np.ndarray, trials: Sequence[FinetuneSettings], schedule, mesh: Mesh,
+                          keep_at: dict[int, Sequence[int]], *,
+                          progress: bool = True) -> tuple[dict[tuple[int, int], nnx.Module], np.ndarray]:
+    """Finetune one stage's U-Net once per trial, all in one program: copies of its weights stacked on
+    a leading axis laid out over `mesh`'s `trial` axis, lr, loss weights and seed as data.
+
+    Trials must share `stack_key`; every trial runs to the longest count in `keep_at` (step count →
+    trial indices to keep then). Returns {(trial, steps): a finetuned copy on the U-Net's own layout}
+    and the losses (trials, steps); trial i is `finetune_stage` with `trials[i]` at those steps, up to
+    the order of float sums.
+    """
+    if len(trials) % mesh.shape[TRIAL_AXIS]:
+        raise ValueError(f"{len(trials)} trials do not divide over the mesh's {mesh.shape[TRIAL_AXIS]} trial groups; "
+                         "build the mesh with make_trial_mesh.")
+    steps = max(keep_at)
+    graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
+    own_layout = jax.tree.map(lambda x: x.sharding, params)
+    stack = functools.partial(jax.tree.map, lambda x: jnp.broadcast_to(x, (len(trials), *x.shape)))
+    stacked_layout = trial_shardings(jax.eval_shape(stack, params), mesh)
+    # One copy per trial group first (replicated over `trial`), so the stack is built in place.
+    per_group = jax.tree.map(lambda s: NamedSharding(mesh, P(*s.spec[1:])), stacked_layout)
+    stacked = jax.jit(stack, out_shardings=stacked_layout)(jax.device_put(params, per_group))
+    init = jax.vmap(objective.make_optimizer().init)
+    opt_state = jax.jit(init, out_shardings=trial_shardings(jax.eval_shape(init, stacked), mesh))(stacked)
+    layout = jax.tree.map(lambda x: x.sharding, (stacked, opt_state))
+    step = _finetune_step(graphdef, trials[0].paths, schedule, stage.train_cond_aug,
+                          (jax.tree.structure(layout), tuple(jax.tree.leaves(layout))), stacked=True)
+    batch, shared = on_mesh((_stage_batch(stage, clip, text, mask), rest), mesh)
+    per_trial = lambda x: jax.device_put(x, trial_shardings(x, mesh))  # noqa: E731
+    keys = per_trial(jnp.stack([_stage_key(t, stage) for t in trials]))
+    weights = per_trial(jnp.asarray([[t.w_video, t.alpha] for t in trials], jnp.float32))
+    lr = per_trial(jnp.asarray([t.lr for t in trials], jnp.float32))
+    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    last_needed = {i: max(k for k, kept in keep_at.items() if i in kept) for i in range(len(trials))}
+    losses, kept = [], {}
+    bar = tqdm.tqdm(range(steps), desc=f"finetune {stage.name} x{len(trials)}", disable=not progress, unit="step")
+    for i in bar:
+        stacked, opt_state, loss, _ = step(stacked, opt_state, shared, batch, per_trial(fold_in(keys, i)), weights, lr)
+        losses.append(np.asarray(loss))
+        for t, value in enumerate(losses[-1]):
+            if i < last_needed[t] and not np.isfinite(value):  # later steps of a shorter trial are discarded
+                raise FloatingPointError(f"Finetuning {stage.name} with lr={trials[t].lr:g} reached a loss of {value} "
+                                         f"at step {i + 1}; lower the learning rate.")
+        if i + 1 in keep_at:
+            host = to_host(stacked)
+            for t in keep_at[i + 1]:
+                copy = jax.tree.map(lambda x, s: from_host(x[t], s), host, own_layout)
+                kept[t, i + 1] = nnx.merge(graphdef, copy, rest)
+        bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.4f}")
+    return kept, np.stack(losses, axis=1)
+
+
+def finetune_trials(cascade_: Cascade, clip: np.ndarray, settings_list: Sequence[FinetuneSettings],
+                    workdir: str | os.PathLike, *, mesh: Mesh | None = None,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Finetune several settings of one input together and store each where `finetune` finds it; returns
+    their records, in order.
+
+    Settings that differ only in `steps` are one trial, stored at each count. The trials of a stage
+    train in one program (`finetune_stage_trials`), all to the longest count; they must share
+    `stack_key`. `mesh` is a `make_trial_mesh` mesh; by default the trial axis takes the devices of
+    the weights' data axis (a one-example finetune has no use for them). Settings already stored are
+    not trained again.
+    """
+    stages = [check_finetune(s, cascade_.stages) for s in settings_list]
+    keys = [finetune_key(clip, s, cascade_) for s in settings_list]
+    store = workdir_lib.as_path(workdir) / "finetunes"
+    todo = {k: s for k, s, tuned in zip(keys, settings_list, stages, strict=True) if tuned and not _stored(store / k)}
+    if len({stack_key(s, cascade_.stages) for s in todo.values()}) > 1:
+        raise ValueError("Finetunes trained together must share the prompt, the finetuned stages and which of "
+                         "w_video and alpha are 0; group them by `stack_key`.")
+    if todo:
+        _train_trials(cascade_, clip, todo, store, mesh, progress)
+    return [workdir_lib.read_json_or_none(store / k / "finetune.json") | dict(reused=k not in todo) if tuned
+            else dict(key=k, settings=dataclasses.asdict(s), reused=False, stages={})
+            for k, s, tuned in zip(keys, settings_list, stages, strict=True)]
+
+
+def _train_trials(cascade_: Cascade, clip: np.ndarray, todo: dict[str, FinetuneSettings], store: epath.Path,
+                  mesh: Mesh | None, progress: bool) -> None:
+    """Train the settings of `todo` (finetune key → settings, one `stack_key`) together and store each."""
+    trials = list(dict.fromkeys(dataclasses.replace(s, steps=0) for s in todo.values()))
+    row = {k: trials.index(dataclasses.replace(s, steps=0)) for k, s in todo.items()}
+    keep_at: dict[int, list[int]] = collections.defaultdict(list)
+    for k, s in todo.items():
+        keep_at[s.steps].append(row[k])
+    longest = max(keep_at)
+    first = next(iter(todo.values()))
+    stages = check_finetune(first, cascade_.stages)
+    if mesh is None:
+        own = jax.tree.leaves(nnx.state(cascade_.unets[cascade_.stages.index(stages[0])], nnx.Param))[0].sharding.mesh
+        mesh = make_trial_mesh(len(trials), (-1, own.shape["fsdp"], own.shape["tensor"]), own.devices.flat)
+    text, mask = cascade_.text([first.prompt])
+    unets = {k: list(cascade_.unets) for k in todo}
+    records = {k: dict(key=k, settings=dataclasses.asdict(s), reused=False, stages={}, trials_in_program=len(trials))
+               for k, s in todo.items()}
+    for i, stage in enumerate(cascade_.stages):
+        if stage not in stages:
+            continue
+        start = time.perf_counter()
+        kept, losses = finetune_stage_trials(cascade_.unets[i], stage, jnp.asarray(clip), text, mask, trials,
+                                             cascade_.schedule, mesh, keep_at, progress=progress)
+        seconds = time.perf_counter() - start  # of the whole program: every trial's share of it
+        for k, s in todo.items():
+            unets[k][i] = kept[row[k], s.steps]
+            records[k]["stages"][stage.name] = _stage_record(losses[row[k], :s.steps].tolist(),
+                                                             seconds * s.steps / longest)
+    for k in todo:
+        _store(store / k, cascade_.stages, stages, unets[k], records[k])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +453,7 @@ def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequ
     stage's weight, for all requests or one weight per request (traced: any weights share a program).
     """
     if guidance is not None and not isinstance(guidance, (int, float)):
-        guidance = jnp.asarray(guidance, jnp.float32)
+        guidance = np.asarray(guidance, np.float32)
         if guidance.shape != (len(requests),):
             raise ValueError(f"{guidance.shape[0] if guidance.ndim else 1} guidance weights were given for "
                              f"{len(requests)} requests.")
@@ -294,16 +461,21 @@ def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequ
     if clip is None and any(r.s != 1.0 for r in requests):
         raise ValueError("Without an input video every edit starts from pure noise; use s=1.")
     text, mask = cascade_.text([r.prompt for r in requests])
-    keys = jnp.stack([jax.random.key(r.seed) for r in requests])
-    s = jnp.asarray([r.s for r in requests], jnp.float32)
-    x_start = None
+    batch = dict(text=text, mask=mask, seed=np.asarray([r.seed for r in requests], np.int32),
+                 s=np.asarray([r.s for r in requests], np.float32))
     if clip is not None:
-        x_start = jnp.repeat(cascade.degrade(jnp.asarray(clip)[None], cascade_.base), len(requests), axis=0)
+        batch["x_start"] = np.repeat(np.asarray(cascade.degrade(jnp.asarray(clip)[None], cascade_.base)),
+                                     len(requests), axis=0)
+    if isinstance(guidance, np.ndarray):
+        batch["guidance"] = guidance
+    # Every process holds the whole batch; its rows go to every process's devices (split where they divide).
+    batch = place_batch(batch, cascade_.text.mesh)
     seconds: dict[str, float] = {}
-    videos = cascade.sample_cascade(cascade_.unets, cascade_.stages, jnp.asarray(text), jnp.asarray(mask), keys,
-                                    x_start=x_start, s=s, guidance=guidance, schedule=cascade_.schedule,
-                                    seconds=seconds)
-    return np.asarray(jnp.clip(videos[-1], -1.0, 1.0)), seconds
+    videos = cascade.sample_cascade(cascade_.unets, cascade_.stages, batch["text"], batch["mask"],
+                                    jax.vmap(jax.random.key)(batch["seed"]), x_start=batch.get("x_start"),
+                                    s=batch["s"], guidance=batch.get("guidance", guidance),
+                                    schedule=cascade_.schedule, seconds=seconds)
+    return to_host(jnp.clip(videos[-1], -1.0, 1.0)), seconds
 
 
 # ------------------------------------------------------------------------------------------------
