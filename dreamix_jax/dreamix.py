@@ -342,18 +342,21 @@ def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Arra
     layout = jax.tree.map(lambda x: x.sharding, (stacked, opt_state))
     step = _finetune_step(graphdef, trials[0].paths, schedule, stage.train_cond_aug,
                           (jax.tree.structure(layout), tuple(jax.tree.leaves(layout))), stacked=True)
-    batch, shared = on_mesh((_stage_batch(stage, clip, text, mask), rest), mesh)
-    per_trial = lambda x: jax.device_put(x, trial_shardings(x, mesh))  # noqa: E731
-    keys = per_trial(jnp.stack([_stage_key(t, stage) for t in trials]))
-    weights = per_trial(jnp.asarray([[t.w_video, t.alpha] for t in trials], jnp.float32))
-    lr = per_trial(jnp.asarray([t.lr for t in trials], jnp.float32))
-    fold_in = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    # Host data every process holds alike goes in with `from_host`: each process places its own shards.
+    batch = jax.tree.map(lambda x: from_host(np.asarray(x), NamedSharding(mesh, P())),
+                         _stage_batch(stage, clip, text, mask))
+    shared = on_mesh(rest, mesh)
+    per_trial = lambda x: from_host(x, trial_shardings(x, mesh))  # noqa: E731
+    keys = _step_keys(trials, stage, steps)
+    weights = per_trial(np.asarray([[t.w_video, t.alpha] for t in trials], np.float32))
+    lr = per_trial(np.asarray([t.lr for t in trials], np.float32))
     last_needed = {i: max(k for k, kept in keep_at.items() if i in kept) for i in range(len(trials))}
     losses, kept = [], {}
     bar = tqdm.tqdm(range(steps), desc=f"finetune {stage.name} x{len(trials)}", disable=not progress, unit="step")
     for i in bar:
-        stacked, opt_state, loss, _ = step(stacked, opt_state, shared, batch, per_trial(fold_in(keys, i)), weights, lr)
-        losses.append(np.asarray(loss))
+        step_keys = jax.random.wrap_key_data(per_trial(keys[:, i]))
+        stacked, opt_state, loss, _ = step(stacked, opt_state, shared, batch, step_keys, weights, lr)
+        losses.append(to_host(loss))
         for t, value in enumerate(losses[-1]):
             if i < last_needed[t] and not np.isfinite(value):  # later steps of a shorter trial are discarded
                 raise FloatingPointError(f"Finetuning {stage.name} with lr={trials[t].lr:g} reached a loss of {value} "
@@ -365,6 +368,14 @@ def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Arra
                 kept[t, i + 1] = nnx.merge(graphdef, copy, rest)
         bar.set_postfix(loss=f"{float(np.mean(losses[-1])):.4f}")
     return kept, np.stack(losses, axis=1)
+
+
+def _step_keys(trials: Sequence[FinetuneSettings], stage: cascade.Stage, steps: int) -> np.ndarray:
+    """The data of the key each trial's each step draws, as in `finetune_stage` (trials, steps, ...), on the
+    host: a typed key array on one device cannot be placed onto other processes' devices."""
+    fold_in = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(None, 0)), in_axes=(0, None))
+    keys = jnp.stack([_stage_key(t, stage) for t in trials])
+    return np.asarray(jax.random.key_data(fold_in(keys, jnp.arange(steps))))
 
 
 def finetune_trials(cascade_: Cascade, clip: np.ndarray, settings_list: Sequence[FinetuneSettings],
@@ -382,7 +393,9 @@ def finetune_trials(cascade_: Cascade, clip: np.ndarray, settings_list: Sequence
     stages = [check_finetune(s, cascade_.stages) for s in settings_list]
     keys = [finetune_key(clip, s, cascade_) for s in settings_list]
     store = workdir_lib.as_path(workdir) / "finetunes"
-    todo = {k: s for k, s, tuned in zip(keys, settings_list, stages, strict=True) if tuned and not _stored(store / k)}
+    # Every process must train the same trials: one is skipped only when all of them can read it.
+    todo = {k: s for k, s, tuned in zip(keys, settings_list, stages, strict=True)
+            if tuned and not agree(_stored(store / k))}
     if len({stack_key(s, cascade_.stages) for s in todo.values()}) > 1:
         raise ValueError("Finetunes trained together must share the prompt, the finetuned stages and which of "
                          "w_video and alpha are 0; group them by `stack_key`.")
