@@ -322,9 +322,9 @@ def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Arra
     a leading axis laid out over `mesh`'s `trial` axis, lr, loss weights and seed as data.
 
     Trials must share `stack_key`; every trial runs to the longest count in `keep_at` (step count →
-    trial indices to keep then). Returns {(trial, steps): a finetuned copy on the U-Net's own layout}
-    and the losses (trials, steps); trial i is `finetune_stage` with `trials[i]` at those steps, up to
-    the order of float sums.
+    trial indices to keep then; one kept at none only fills the trial axis). Returns {(trial, steps): a
+    finetuned copy on the U-Net's own layout} and the losses (trials, steps); trial i is `finetune_stage`
+    with `trials[i]` at those steps, up to the order of float sums.
     """
     if len(trials) % mesh.shape[TRIAL_AXIS]:
         raise ValueError(f"{len(trials)} trials do not divide over the mesh's {mesh.shape[TRIAL_AXIS]} trial groups; "
@@ -350,7 +350,7 @@ def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Arra
     keys = _step_keys(trials, stage, steps)
     weights = per_trial(np.asarray([[t.w_video, t.alpha] for t in trials], np.float32))
     lr = per_trial(np.asarray([t.lr for t in trials], np.float32))
-    last_needed = {i: max(k for k, kept in keep_at.items() if i in kept) for i in range(len(trials))}
+    last_needed = {i: max((k for k, kept in keep_at.items() if i in kept), default=0) for i in range(len(trials))}
     losses, kept = [], {}
     bar = tqdm.tqdm(range(steps), desc=f"finetune {stage.name} x{len(trials)}", disable=not progress, unit="step")
     for i in bar:
@@ -424,6 +424,9 @@ def _train_trials(cascade_: Cascade, clip: np.ndarray, todo: dict[str, FinetuneS
     unets = {k: list(cascade_.unets) for k in todo}
     records = {k: dict(key=k, settings=dataclasses.asdict(s), reused=False, stages={}, trials_in_program=len(trials))
                for k, s in todo.items()}
+    # A given mesh may be made for more trials than are left to train (the others stored before): the last
+    # one is repeated until they divide over its trial groups, and the repeats are dropped.
+    trials += [trials[-1]] * (-len(trials) % mesh.shape[TRIAL_AXIS])
     for i, stage in enumerate(cascade_.stages):
         if stage not in stages:
             continue
