@@ -23,7 +23,9 @@ The workdir holds `manifest.json` (finished trials, rewritten atomically after e
 interrupted sweep loses at most the batch in flight. Edits of synthetic clips (prompts in the
 dataset's caption grammar) are scored by the attribute detector; every edit also gets model-free
 scores (PSNR and SSIM of its degraded output against the degraded input, frame consistency).
-Sweeps run on one host; the workdir may be local or gs:// (`dreamix_jax.workdir`).
+The workdir may be local or gs:// (`dreamix_jax.workdir`). On a multi-host slice every host runs
+the same command with `--config.edit.distributed=True` and a workdir they all see (gs://): every
+process runs every trial on the devices of all of them, and process 0 alone writes the workdir.
 """
 
 import collections
@@ -50,7 +52,7 @@ from ml_collections import config_flags
 from dreamix_jax import cascade, cli, dreamix, edit, evaluate, pretrained
 from dreamix_jax import workdir as workdir_lib
 from dreamix_jax.data import video_io
-from dreamix_jax.sharding import make_mesh, make_trial_mesh
+from dreamix_jax.sharding import agree, initialize_distributed, is_lead, make_mesh, make_trial_mesh, sync
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +224,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
     weights = config.edit.weights or pretrained.SHIPPED
     trials = trials_of(config, model.stages if model else pretrained.read_stages(weights))
     clip, _, source_path = edit.read_input(config.edit)
+    initialize_distributed(config.edit)
     model = edit.with_sampling_steps(
         model or pretrained.load(weights, make_mesh(config.edit.mesh.shape), cache_dir=workdir / "prompt_cache"),
         config.edit.sampling_steps)
     for notice in edit.fit_notices(clip, model.final):
         log.warning(notice)
     source = np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.final)[0])
+    sync("sweep: the manifest is written")  # by the lead, at the end of a run before this one
     done = read_manifest(workdir)
-    pending = [t for t in trials if t.id not in done]
+    # Every process must run the same trials: one counts as finished only where all of them read it so.
+    pending = [t for t in trials if not agree(t.id in done)]
     log.info("%d trials, %d finished earlier, %d to run.", len(trials), len(trials) - len(pending), len(pending))
-    video_io.write_video(workdir / "input.gif", video_io.to_uint8(source), model.final.fps, scale=2)
+    if is_lead():
+        video_io.write_video(workdir / "input.gif", video_io.to_uint8(source), model.final.fps, scale=2)
 
     # One batch shape for the whole sweep (fixed by the full trial list, so a resumed run keeps it).
     batch_size = min(config.batch_size, max(collections.Counter(t.finetune for t in trials).values()))
@@ -244,24 +250,27 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         counts = sorted({t.finetune.steps for t in group})
         longest = dataclasses.replace(group[0].finetune, steps=counts[-1])
         if counts[-1]:
-            dreamix.finetune(model, clip, longest, workdir, also_at=[k for k in counts[:-1] if k])
+            dreamix.finetune(model, clip, longest, workdir, also_at=[k for k in counts[:-1] if k], progress=is_lead())
         for steps in counts:
             settings = dataclasses.replace(longest, steps=steps)
-            tuned, record = dreamix.finetune(model, clip, settings, workdir)  # stored above: loaded, not trained
+            # Stored above: loaded, not trained.
+            tuned, record = dreamix.finetune(model, clip, settings, workdir, progress=is_lead())
             todo = [t for t in group if t.finetune.steps == steps]
             for padded, real in batches(todo, batch_size):
                 videos, seconds = dreamix.edit(tuned, clip, [t.request for t in padded],
                                                guidance=[t.guidance for t in padded])
                 for trial, video in zip(padded[:real], videos[:real], strict=True):
-                    folder = workdir / "trials" / trial.id
-                    video_io.write_video(folder / "video.mp4", video, model.final.fps)
-                    thumb = np.stack([video_io.label(f, _caption(trial)[:26]) for f in video_io.to_uint8(video)])
-                    video_io.write_video(folder / "thumb.gif", thumb, model.final.fps, scale=1)
+                    if is_lead():  # every process holds the same videos; one writes them
+                        folder = workdir / "trials" / trial.id
+                        video_io.write_video(folder / "video.mp4", video, model.final.fps)
+                        thumb = np.stack([video_io.label(f, _caption(trial)[:26]) for f in video_io.to_uint8(video)])
+                        video_io.write_video(folder / "thumb.gif", thumb, model.final.fps, scale=1)
                     done[trial.id] = dict(settings=trial.settings, scores=_score(video, source, trial.request.prompt,
                                                                                 model),
                                           finetune_key=record["key"], video=f"trials/{trial.id}/video.mp4",
                                           thumb=f"trials/{trial.id}/thumb.gif", batch_seconds=seconds)
-                workdir_lib.write_json_atomic(workdir / "manifest.json", dict(trials=done))
+                if is_lead():
+                    workdir_lib.write_json_atomic(workdir / "manifest.json", dict(trials=done))
                 batch_index += 1
                 log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
                 if on_batch is not None:
@@ -271,8 +280,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
     summary = dict(trials=len(trials), ran=len(pending), batch_size=batch_size, batches=batch_index,
                    compiles=compile_count() - compiles_before, seconds=round(time.perf_counter() - started, 1),
                    input=source_path)
-    write_report(workdir, config, trials, finished, summary)
-    workdir_lib.write_json_atomic(workdir / "summary.json", summary)
+    if is_lead():
+        write_report(workdir, config, trials, finished, summary)
+        workdir_lib.write_json_atomic(workdir / "summary.json", summary)
     return finished
 
 
@@ -401,7 +411,8 @@ def main(argv: list[str]) -> None:
     del argv
     config, workdir = cli.flag_values("configs/sweeps/shapes_edit.py")
     cli.run(run, config, workdir, purpose="sweep")
-    print(workdir_lib.as_path(workdir) / "report.html")
+    if is_lead():
+        print(workdir_lib.as_path(workdir) / "report.html")
 
 
 if __name__ == "__main__":

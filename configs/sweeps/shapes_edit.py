@@ -31,6 +31,10 @@ def get_config(arg: str | None = "default") -> ml_collections.ConfigDict:
     # Finetuning runs trained at once in one program (weights stacked on the `trial` mesh axis) when
     # they share the prompt, the stages and which of w_video and alpha are 0; 1 trains them one by one.
     config.trials_per_program = 4
+    # True on every host of a multi-host slice (launch/sweep.sh passes --config.edit.distributed=true). The
+    # command line leaves the workdir, which every host runs on, unlocked when a config's own `distributed`
+    # is set: here it is the edit section's setting, by reference.
+    config.distributed = config.edit.get_ref("distributed")
     if arg.variant == "smoke":
         config.edit.finetune.stages = "base"
         config.edit.sampling_steps = 4
