@@ -10,8 +10,9 @@
 #   REPO_DIR          the repository's directory on every worker; a leading ~/ is the workers'
 #                     home, not this machine's [~/dreamix_jax]
 #   PYTHON            interpreter on the workers [python3: stock TPU VM images have no `python`]
-#   BUCKET            gs:// root the run workdirs are copied to; checked by require_bucket, i.e. only by
-#                     the scripts that start runs [none]
+#   BUCKET            gs:// root of the runs' outputs: sample.sh and sweep.sh write their workdirs
+#                     there, finetune.sh copies a local workdir there; checked by require_bucket, i.e.
+#                     only by the scripts that start runs [none]
 #
 # Usage (from another launch script):
 #   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -89,9 +90,9 @@ remote_repo_dir() {
   fi
 }
 
-# Workdirs are copied to GCS when a run ends; the bucket must be a gs:// URL.
+# The runs' outputs go to GCS (written there, or copied when a run ends); the bucket must be a gs:// URL.
 require_bucket() {
-  [[ -n ${BUCKET:-} ]] || die "BUCKET is not set: export BUCKET=gs://<bucket>/<path> (where workdirs are copied)"
+  [[ -n ${BUCKET:-} ]] || die "BUCKET is not set: export BUCKET=gs://<bucket>/<path> (where the runs' outputs go)"
   [[ $BUCKET == gs://* ]] || die "BUCKET must be a gs:// path, got '$BUCKET'"
   BUCKET=${BUCKET%/}
 }

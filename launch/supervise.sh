@@ -8,10 +8,10 @@
 # supervisor stops with its exit code. A command that exits 0 on a preempted slice is rerun too,
 # since training saves and exits cleanly on a preemption notice.
 #
-# Only a workdir that outlives the slice lets the rerun resume: sample.sh's, in the bucket, and
-# finetune.sh's with WORKDIR_ROOT on a folder every worker mounts (e.g. the bucket through
-# gcsfuse). outputs/ in REPO_DIR, where sweep.sh and finetune.sh without WORKDIR_ROOT write, is
-# lost with a deleted slice, so their rerun starts over.
+# Only a workdir that outlives the slice lets the rerun resume: sample.sh's and sweep.sh's, in the
+# bucket, and finetune.sh's with WORKDIR_ROOT on a folder every worker mounts (e.g. the bucket
+# through gcsfuse). outputs/ in REPO_DIR, where finetune.sh without WORKDIR_ROOT writes, is lost
+# with a deleted slice, so its rerun starts over.
 #
 # Usage:
 #   TPU_NAME=my-pod QUEUED=1 CAPACITY=spot BUCKET=gs://my-bucket/dreamix WORKDIR_ROOT=/mnt/dreamix \
@@ -48,7 +48,7 @@ esac
 [[ ${DETACH:-0} != 1 ]] || die "DETACH=1 returns before the command ends, so a preemption could not be seen; unset it"
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 [[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "MAX_RESTARTS must be a whole number, got '$MAX_RESTARTS'"
-if [[ $script == sweep.sh || ($script == finetune.sh && -z ${WORKDIR_ROOT:-}) ]]; then
+if [[ $script == finetune.sh && -z ${WORKDIR_ROOT:-} ]]; then
   log "note: $script writes its workdir on the workers' disks, which a recreated slice does not have:" \
     "after a preemption it starts over."
 fi

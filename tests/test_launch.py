@@ -249,8 +249,8 @@ WRAPPERS = {
                    "--config.distributed=true", PROMPT], None),
     "sweep.sh": (["shapes_edit:smoke", "--config.batch_size=4"],
                  ["dreamix_jax.sweep", "--config", "configs/sweeps/shapes_edit.py:smoke",
-                  "--workdir", "outputs/sweeps/shapes_edit-smoke", "--config.batch_size=4"],
-                 ["outputs/sweeps/shapes_edit-smoke", f"{BUCKET}/sweeps/shapes_edit-smoke"]),
+                  "--workdir", f"{BUCKET}/sweeps/shapes_edit-smoke", "--config.edit.distributed=true",
+                  "--config.batch_size=4"], None),
 }
 LOG = [">", "logs/worker-$(hostname).log", "2>&1"]
 
@@ -356,7 +356,7 @@ def test_a_shared_workdir_on_a_pod_is_not_uploaded(env):
 
 
 def test_no_upload_after_a_failed_program(env, tmp_path):
-    run_script(env, "sweep.sh", "shapes_edit")
+    run_script(env, "finetune.sh", "base")
     command = ssh_command(only_call(env))
     worker_bin = tmp_path / "worker_bin"
     worker_bin.mkdir()
@@ -577,10 +577,10 @@ def test_supervise_never_deletes_a_slice_it_cannot_see(env, worker):
     assert slice_state(env)["queued"] == "ACTIVE"
 
 
-@pytest.mark.parametrize("script, on_workers", [("sweep.sh", True), ("finetune.sh", True), ("sample.sh", False)])
+@pytest.mark.parametrize("script, on_workers", [("finetune.sh", True), ("sample.sh", False), ("sweep.sh", False)])
 def test_supervise_warns_about_a_workdir_on_the_workers(env, worker, tmp_path, script, on_workers):
-    """sweep.sh and finetune.sh without WORKDIR_ROOT write on the workers and copy to the bucket;
-    sample.sh writes in the bucket, which a recreated slice still sees."""
+    """finetune.sh without WORKDIR_ROOT writes on the workers and copies to the bucket; sample.sh and
+    sweep.sh write in the bucket, which a recreated slice still sees."""
     del env["WORKDIR_ROOT"]
     set_slice(env, node="READY")
     result = supervise(env, script, {"sample.sh": "video", "sweep.sh": "shapes_edit"}.get(script, "base"))
