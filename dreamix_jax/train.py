@@ -44,6 +44,7 @@ from dreamix_jax.sharding import (
     initialize_distributed,
     make_mesh,
     on_mesh,
+    place_batch,
     shard_batch,
 )
 
@@ -207,8 +208,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     probe_every = config.get("probe_every", 0)
     if probe_every:
         probe_video, probe_attrs = probe.probe_set(config.get("probe_clips", 16))
-        probe_inputs = on_mesh(jax.device_put((probe_video, *probe.probe_tokens(
-            probe_attrs, tokenizer, text_cfg.max_length))), mesh)
+        # The clips split over the data axes like a batch: replicated, every device would probe them all.
+        probe_inputs = (place_batch(probe_video, mesh), *on_mesh(jax.device_put(probe.probe_tokens(
+            probe_attrs, tokenizer, text_cfg.max_length)), mesh))
         probe_errors = jax.jit(functools.partial(_probe_errors, graphdef=graphdef, stage=stage, schedule=schedule))
 
     # ---- Checkpoints ----------------------------------------------------------------------------

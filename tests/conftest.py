@@ -33,6 +33,7 @@ from flax import nnx  # noqa: E402
 from configs import unet as unet_configs  # noqa: E402
 from dreamix_jax import pretrained  # noqa: E402
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig  # noqa: E402
+from dreamix_jax.sharding import make_mesh  # noqa: E402
 
 CACHE_DIR = os.environ.get("DREAMIX_TEST_CACHE", str(pathlib.Path(__file__).parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
@@ -48,9 +49,10 @@ def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=F
 
 @pytest.fixture(scope="session")
 def shipped():
-    """The shipped tiny cascade, loaded once, with 2 DDIM steps per stage: the tests that use it check
-    plumbing, not sample quality, and unoptimised test compiles make every step slow."""
-    model = pretrained.load()
+    """The shipped tiny cascade, loaded once, on one device, with 2 DDIM steps per stage: the tests that
+    use it check plumbing, not sample quality, and unoptimised test compiles make every step slow. (On
+    the 8 emulated devices its batches of one or two would run replicated, 8 times the work.)"""
+    model = pretrained.load(mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
     return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
 
 
