@@ -39,6 +39,7 @@ else
   workdir="outputs/train/$stage"
   export UPLOAD="$workdir $BUCKET/train/$stage"
 fi
-# Only train.py reads config.distributed: it starts the multi-host runtime, which a pod needs.
+# config.distributed starts the multi-host runtime, which a pod needs (edit reads it too, sweep as
+# config.edit.distributed: sample.sh and sweep.sh pass those).
 exec "$here/run.sh" dreamix_jax.train --config "configs/pretrain_shapes.py:$stage" \
   --workdir "$workdir" --config.distributed=true "$@"

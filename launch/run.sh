@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs `$PYTHON -m MODULE ARGS...` from $REPO_DIR on every worker of $TPU_NAME at once, each
 # worker logging to $REPO_DIR/logs/worker-<hostname>.log. Processes of an earlier run still
-# holding the TPU are stopped first. finetune.sh and sample.sh wrap this.
+# holding the TPU are stopped first. finetune.sh, sample.sh and sweep.sh wrap this.
 #
 # Usage (the module and its arguments as separate words, quoted as for a local command):
 #   TPU_NAME=my-tpu launch/run.sh dreamix_jax.train --config configs/pretrain_shapes.py:base \
@@ -16,8 +16,8 @@
 #   PYTHON    interpreter on the workers [python3]
 #   DETACH    1: start the runs in the background with nohup, so they outlive this ssh session [0]
 #   UPLOAD    "LOCAL_DIR gs://DEST": once the program has succeeded, copy LOCAL_DIR (relative to
-#             REPO_DIR on the worker) to DEST with `gcloud storage rsync`; for entry points that
-#             write a local workdir (dreamix_jax.edit, dreamix_jax.sweep) [none]
+#             REPO_DIR on the worker) to DEST with `gcloud storage rsync`; finetune.sh sets it when
+#             its workdir is local (sample.sh and sweep.sh write theirs in the bucket) [none]
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=common.sh
