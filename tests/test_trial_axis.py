@@ -3,6 +3,7 @@ one, compile once, lie over the `trial` mesh axis, are stored where `finetune` f
 `sweep.run` stacks the runs it can."""
 
 import dataclasses
+import shutil
 
 import jax
 import numpy as np
@@ -39,12 +40,8 @@ def _params(unet: nnx.Module) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(unet, nnx.Param))]
 
 
-@pytest.fixture(scope="module")
-def stacked(base_only, clip, tmp_path_factory):
-    """The three runs stacked on a trial-3 × data-2 mesh, with every call of the stacked step recorded."""
-    workdir = tmp_path_factory.mktemp("trials")
-    mesh = sharding.make_trial_mesh(RUNS, (-1, 1, 1), jax.devices()[:6])
-    calls, programs = [], []
+def _record_steps(patch: pytest.MonkeyPatch, calls: list, programs: list) -> None:
+    """Record each step program `dreamix` builds in `programs` and the weights of each call in `calls`."""
     original = dreamix._finetune_step
 
     def spy(*args, **kwargs):
@@ -57,8 +54,17 @@ def stacked(base_only, clip, tmp_path_factory):
 
         return run
 
+    patch.setattr(dreamix, "_finetune_step", spy)
+
+
+@pytest.fixture(scope="module")
+def stacked(base_only, clip, tmp_path_factory):
+    """The three runs stacked on a trial-3 × data-2 mesh, with every call of the stacked step recorded."""
+    workdir = tmp_path_factory.mktemp("trials")
+    mesh = sharding.make_trial_mesh(RUNS, (-1, 1, 1), jax.devices()[:6])
+    calls, programs = [], []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dreamix, "_finetune_step", spy)
+        _record_steps(patch, calls, programs)
         records = dreamix.finetune_trials(base_only, clip, SETTINGS, workdir, mesh=mesh, progress=False)
         again = dreamix.finetune_trials(base_only, clip, SETTINGS, workdir, mesh=mesh, progress=False)
     return dict(workdir=workdir, mesh=mesh, records=records, again=again, calls=calls, programs=programs)
@@ -91,6 +97,28 @@ def test_the_stacked_step_compiles_once_and_lies_over_trial(stacked):
 def test_stored_finetunes_are_not_trained_again(stacked):
     assert [r["reused"] for r in stacked["again"]] == [True] * len(SETTINGS)
     assert len(stacked["calls"]) == max(s.steps for s in SETTINGS)  # the second call ran no step
+
+
+def test_a_mesh_for_more_runs_than_are_left_is_filled_with_copies(stacked, base_only, clip, tmp_path, monkeypatch):
+    """A resumed sweep sizes its mesh for all its runs: the one left to train fills the trial axis in
+    copies, in the program already compiled, and only it is trained and stored."""
+    workdir = tmp_path / "resumed"
+    shutil.copytree(stacked["workdir"], workdir)
+    shutil.rmtree(workdir / "finetunes" / dreamix.finetune_key(clip, SETTINGS[1], base_only))
+    calls, programs = [], []
+    _record_steps(monkeypatch, calls, programs)
+    records = dreamix.finetune_trials(base_only, clip, SETTINGS, workdir, mesh=stacked["mesh"], progress=False)
+    assert [r["reused"] for r in records] == [True, False, True, True]
+    assert records[1]["trials_in_program"] == 1
+    loss = records[1]["stages"]["base"]["last_loss"]
+    assert loss == pytest.approx(stacked["records"][1]["stages"]["base"]["last_loss"], rel=1e-5)
+    ((leaf, *_),) = calls  # one step of SETTINGS[1] alone
+    assert leaf.shape[0] == RUNS
+    assert programs == stacked["programs"] and programs[0]._cache_size() == 1  # no new compile
+    resumed, _ = dreamix.finetune(base_only, clip, SETTINGS[1], workdir, progress=False)
+    first, _ = dreamix.finetune(base_only, clip, SETTINGS[1], stacked["workdir"], progress=False)
+    for a, b in zip(_params(resumed.unets[0]), _params(first.unets[0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_only_finetunes_with_one_program_stack(base_only, clip, tmp_path):
