@@ -76,10 +76,14 @@ def test_stacked_finetunes_equal_separate_ones(stacked, base_only, clip):
         stored, stored_record = dreamix.finetune(base_only, clip, settings, stacked["workdir"], progress=False)
         assert record["key"] == stored_record["key"] == dreamix.finetune_key(clip, settings, base_only)
         assert stored_record["reused"] is True and record["reused"] is False
-        # Up to ~2e-6 apart: the two programs sum in other orders, and Adam's first steps divide small
-        # gradients by their own size; a finetune moves weights by ~lr per step (1e-4 to 5e-4).
+        # The two programs sum in other orders, and Adam divides each gradient by its own size: an
+        # element whose gradient is at rounding level can move by another part of a step (~lr, 1e-4 to
+        # 5e-4). So: within a fifth of a step everywhere, and within 1e-6 for all but 0.1 % of them.
+        far = total = 0
         for a, b in zip(_params(stored.unets[0]), _params(alone.unets[0]), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=0.2 * settings.lr)
+            far, total = far + int(np.sum(np.abs(a - b) > 1e-6)), total + a.size
+        assert far <= 1e-3 * total, (far, total)
         for name in ("first_loss", "last_loss"):
             assert record["stages"]["base"][name] == pytest.approx(alone_record["stages"]["base"][name], rel=1e-5)
 
