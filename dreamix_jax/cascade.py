@@ -1,5 +1,6 @@
 """The Imagen-Video-style cascade: stage specs, resizing between stages, conditioning augmentation,
-and cascade sampling (chunked over frames where a stage asks for it).
+and cascade sampling (chunked over frames where a stage asks for it), of one model per stage or of
+K stacked copies (K finetunes), each with its own group of the batch, in one program per stage.
 
 A cascade is a base text-to-video stage followed by temporal (TSR: more frames, same pixels) and
 spatial (SSR: more pixels, same frames) super-resolution stages. Every SR stage sees the previous
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from dreamix_jax.diffusion import (
     Schedule,
@@ -33,6 +35,7 @@ from dreamix_jax.diffusion import (
 )
 from dreamix_jax.models.t5 import null_text
 from dreamix_jax.models.unet3d import UNet3DConfig
+from dreamix_jax.sharding import over_trials
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +306,28 @@ def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond
                        num_steps=num_steps, eta=eta, schedule=schedule)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "trials", "num_steps", "schedule", "guided"))
+def _sample_chunks(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, *,
+                   null: tuple[jax.Array, jax.Array], trials: Mesh, num_steps: int, schedule: Schedule,
+                   guided: bool = True) -> jax.Array:
+    """`_sample_chunk` for K trials in one program: `state` stacked on a leading trial axis (K copies,
+    over the `trials` mesh's trial axis) and the batch in K consecutive row groups, group k sampled
+    with copy k. Compiled once per stage and shape."""
+    k = jax.tree.leaves(state)[0].shape[0]
+    guidance = jnp.broadcast_to(guidance, t_start.shape)  # per example, so it splits into the groups
+
+    def group(x):
+        return None if x is None else jax.tree.map(lambda a: a.reshape(k, a.shape[0] // k, *a.shape[1:]), x)
+
+    def chunk(state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, null, eta):
+        return _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance,
+                             eta, null=null, num_steps=num_steps, schedule=schedule, guided=guided)
+
+    grouped = map(group, (z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, null))
+    out = over_trials(chunk, trials, in_axes=(0,) * 10 + (None,))(state, *grouped, eta)
+    return out.reshape(-1, *out.shape[2:])
+
+
 def frame_chunks(frames: int, chunk: int) -> list[slice]:
     """Consecutive frame ranges of `chunk` frames (0: one range) that tile `frames` exactly."""
     chunk = chunk or frames
@@ -323,6 +348,7 @@ def sample_stage(
     s: jax.Array | float | None = None,
     guidance: jax.Array | float | None = None,
     schedule: Schedule = Schedule(),
+    trials: Mesh | None = None,
 ) -> jax.Array:
     """Sample one stage → (B, frames, height, width, C) float32.
 
@@ -330,6 +356,10 @@ def sample_stage(
     times `s`, from `x_start` noised to `s` (Dreamix's edit). SR stages start from pure noise and
     are conditioned on `previous`, the preceding stage's output. Chunked stages sample each
     frame range with its own keys and concatenate the ranges in order.
+
+    Given `trials` (a `make_trial_mesh` mesh), `model`'s weights are K copies stacked on a leading
+    axis laid out over its trial axis (`sharding.stack_trials`) and the batch is K consecutive row
+    groups, group k sampled with copy k, all in one program.
     """
     batch = text.shape[0]
     keys = example_keys(key, batch)
@@ -359,10 +389,11 @@ def sample_stage(
     graphdef, state = nnx.split(model)
     null = null_text(*text.shape)
     chunks = frame_chunks(stage.frames, stage.chunk)
+    sample = _sample_chunk if trials is None else functools.partial(_sample_chunks, trials=trials)
     outputs = []
     for i, frames in enumerate(chunks):
         log.info("Sampling stage %s: frames %d–%d of %d.", stage.name, frames.start, frames.stop - 1, stage.frames)
-        outputs.append(_sample_chunk(
+        outputs.append(sample(
             graphdef, state, z_start[:, frames], t_start, _fold(chunk_keys, i), text, text_mask,
             None if cond is None else cond[:, frames], cond_logsnr, guidance, jnp.float32(stage.eta),
             null=null, num_steps=stage.steps, schedule=schedule, guided=guided))
@@ -381,12 +412,14 @@ def sample_cascade(
     guidance: jax.Array | float | None = None,
     schedule: Schedule = Schedule(),
     seconds: dict[str, float] | None = None,
+    trials: Mesh | None = None,
 ) -> list[jax.Array]:
     """Run every stage in turn; returns each stage's video (the last is the cascade's output).
 
     `x_start`/`s` start the base stage from a noised video; `guidance` overrides the base stage's
     weight (SR stages keep their own). Given a `seconds` dict, each stage is waited for and its
-    wall time recorded there.
+    wall time recorded there. Given `trials`, every model holds K stacked copies and the batch K
+    row groups (`sample_stage`).
     """
     if len(models) != len(stages):
         raise ValueError(f"{len(models)} models were given for {len(stages)} stages.")
@@ -397,7 +430,7 @@ def sample_cascade(
         videos.append(sample_stage(
             model, stage, text, text_mask, _fold(keys, 100 + i), previous=videos[-1] if videos else None,
             x_start=x_start if base else None, s=s if base else None, guidance=guidance if base else None,
-            schedule=schedule))
+            schedule=schedule, trials=trials))
         if seconds is not None:
             jax.block_until_ready(videos[-1])
             seconds[stage.name] = round(time.perf_counter() - start, 2)

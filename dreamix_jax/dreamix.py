@@ -12,6 +12,8 @@ Composes the existing pieces and owns no layers:
 - `edit`: `degrade` → noise to `s` → the base stage from `s` with the target prompt → every SR
   stage. Prompts, seeds and `s` values run as one batch; example i's noise depends only on its
   own seed, so a batch equals its edits run one by one.
+- `edit_trials`: the edits of K finetuned cascades at once, one program per stage, their U-Nets
+  stacked on the `trial` axis and the batch in K row groups (group k with finetune k).
 - `animate`: one image → a clip by a smooth camera motion (perspective warps with reflection
   padding) or by repetition; frames-only finetuning; then `edit`.
 - `subject`: images of one subject → frames-only finetuning → sampling from pure noise (`s = 1`).
@@ -47,7 +49,9 @@ from dreamix_jax.sharding import (
     is_lead,
     make_trial_mesh,
     on_mesh,
+    over_trials,
     place_batch,
+    stack_trials,
     sync,
     to_host,
     trial_shardings,
@@ -130,14 +134,8 @@ def _finetune_step(graphdef: nnx.GraphDef, paths: tuple[str, ...], schedule, con
     out_shardings = (*jax.tree.unflatten(*state_layout), None, None)
     step = objective.make_train_step(graphdef, objective.make_optimizer(), paths=paths, schedule=schedule,
                                      cond_aug_max=cond_aug_max)
-    if stacked:
-        # Trials are independent, so each group of devices on the `trial` axis runs its own (manual over
-        # `trial`; data, fsdp and tensor stay automatic): the SPMD partitioner cannot split the grouped
-        # convolutions that vmap makes of stacked kernels over their groups.
-        trial, shared = P(TRIAL_AXIS), P()
-        step = jax.shard_map(jax.vmap(step, in_axes=(0, 0, None, None, 0, 0, 0)), mesh=state_layout[1][0].mesh,
-                             in_specs=(trial, trial, shared, shared, trial, trial, trial), out_specs=trial,
-                             axis_names={TRIAL_AXIS})
+    if stacked:  # the frozen state and the batch are shared
+        step = over_trials(step, state_layout[1][0].mesh, in_axes=(0, 0, None, None, 0, 0, 0))
     return jax.jit(step, donate_argnums=(0, 1), out_shardings=out_shardings)
 
 
@@ -332,11 +330,7 @@ def finetune_stage_trials(unet: nnx.Module, stage: cascade.Stage, clip: jax.Arra
     steps = max(keep_at)
     graphdef, params, rest = nnx.split(unet, nnx.Param, ...)
     own_layout = jax.tree.map(lambda x: x.sharding, params)
-    stack = functools.partial(jax.tree.map, lambda x: jnp.broadcast_to(x, (len(trials), *x.shape)))
-    stacked_layout = trial_shardings(jax.eval_shape(stack, params), mesh)
-    # One copy per trial group first (replicated over `trial`), so the stack is built in place.
-    per_group = jax.tree.map(lambda s: NamedSharding(mesh, P(*s.spec[1:])), stacked_layout)
-    stacked = jax.jit(stack, out_shardings=stacked_layout)(jax.device_put(params, per_group))
+    stacked = stack_trials([params] * len(trials), mesh)
     init = jax.vmap(objective.make_optimizer().init)
     opt_state = jax.jit(init, out_shardings=trial_shardings(jax.eval_shape(init, stacked), mesh))(stacked)
     layout = jax.tree.map(lambda x: x.sharding, (stacked, opt_state))
@@ -468,6 +462,31 @@ def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequ
     `clip=None` samples from pure noise (every `s` must then be 1). `guidance` overrides the base
     stage's weight, for all requests or one weight per request (traced: any weights share a program).
     """
+    return _edit(cascade_, cascade_.unets, clip, requests, guidance)
+
+
+def edit_trials(cascades: Sequence[Cascade], clip: np.ndarray | None, requests: Sequence[EditRequest], *,
+                mesh: Mesh, guidance: float | Sequence[float] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """`edit` with K finetunes of one cascade at once, one program per stage: `requests` are K row groups
+    of one size, in order, group k edited by `cascades[k]`.
+
+    Each stage's K U-Nets are stacked on `mesh`'s trial axis (a `make_trial_mesh` mesh); a U-Net that
+    several cascades share (a stage none of them finetuned) is read once. Row i equals its `edit` with
+    its own cascade, up to the order of float sums.
+    """
+    if not cascades or len(requests) % len(cascades):
+        raise ValueError(f"{len(requests)} requests do not split into {len(cascades)} row groups of one size.")
+    unets = []
+    for stage_unets in zip(*(c.unets for c in cascades), strict=True):
+        states = {id(u): nnx.state(u) for u in stage_unets}
+        unets.append(nnx.merge(nnx.graphdef(stage_unets[0]), stack_trials([states[id(u)] for u in stage_unets],
+                                                                           mesh)))
+    return _edit(cascades[0], unets, clip, requests, guidance, trials=mesh)
+
+
+def _edit(cascade_: Cascade, unets: Sequence[nnx.Module], clip: np.ndarray | None, requests: Sequence[EditRequest],
+          guidance: float | Sequence[float] | None, trials: Mesh | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """`edit` with `unets`; given a `trials` mesh, they hold K stacked copies and the batch lies on that mesh."""
     if guidance is not None and not isinstance(guidance, (int, float)):
         guidance = np.asarray(guidance, np.float32)
         if guidance.shape != (len(requests),):
@@ -485,12 +504,12 @@ def edit(cascade_: Cascade, clip: np.ndarray | None, requests: Sequence[EditRequ
     if isinstance(guidance, np.ndarray):
         batch["guidance"] = guidance
     # Every process holds the whole batch; its rows go to every process's devices (split where they divide).
-    batch = place_batch(batch, cascade_.text.mesh)
+    batch = place_batch(batch, cascade_.text.mesh if trials is None else trials)
     seconds: dict[str, float] = {}
-    videos = cascade.sample_cascade(cascade_.unets, cascade_.stages, batch["text"], batch["mask"],
+    videos = cascade.sample_cascade(unets, cascade_.stages, batch["text"], batch["mask"],
                                     jax.vmap(jax.random.key)(batch["seed"]), x_start=batch.get("x_start"),
                                     s=batch["s"], guidance=batch.get("guidance", guidance),
-                                    schedule=cascade_.schedule, seconds=seconds)
+                                    schedule=cascade_.schedule, seconds=seconds, trials=trials)
     return to_host(jnp.clip(videos[-1], -1.0, 1.0)), seconds
 
 

@@ -9,9 +9,10 @@ is the single table that maps those names to the mesh axes `data`, `fsdp` and `t
 
 A fourth axis, `trial`, exists only on meshes from `make_trial_mesh`: K independent copies of one
 model (K finetunes with different learning rates, loss weights or seeds) stacked on a leading
-array axis named `trial`, trained by one compiled program. Each copy keeps the (data, fsdp,
-tensor) layout of its shape within its group of devices, so a v5e-64 could run 16 base-stage
-finetunes of 4 chips each: `make_trial_mesh(16, (-1, 4, 1))` → trial 16 × fsdp 4.
+array axis named `trial` (`stack_trials`), trained, then sampled, by one compiled program per
+stage (`over_trials`). Each copy keeps the (data, fsdp, tensor) layout of its shape within its
+group of devices, so a v5e-64 could run 16 base-stage finetunes of 4 chips each:
+`make_trial_mesh(16, (-1, 4, 1))` → trial 16 × fsdp 4.
 """
 
 import math
@@ -292,3 +293,35 @@ def to_host(tree: Any) -> Any:
         for i, x in zip(far, gathered, strict=True):
             leaves[i] = x.addressable_data(0)
     return jax.tree.unflatten(treedef, [np.asarray(x) for x in leaves])
+
+
+# ------------------------------------------------------------------------------------------------
+# Stacked trials: K copies of a model in one program.
+# ------------------------------------------------------------------------------------------------
+
+
+def stack_trials(trees: Sequence[Any], mesh: Mesh) -> Any:
+    """Pytrees of one structure (nnx states too) stacked on a leading axis laid out over `mesh`'s
+    trial axis (`trial_shardings`); every process must call this alike."""
+    # Through the host: each process places only its own devices' shards, so no group of devices
+    # holds another trial's copy on the way, and nothing compiles. A tree given several times (a
+    # stage no trial changed) is read once and broadcast, not copied.
+    hosts = {id(t): to_host(t) for t in trees}
+
+    def stack(*xs):
+        return np.broadcast_to(xs[0], (len(xs), *xs[0].shape)) if all(x is xs[0] for x in xs) else np.stack(xs)
+
+    stacked = jax.tree.map(stack, *(hosts[id(t)] for t in trees))
+    return jax.tree.map(from_host, stacked, trial_shardings(stacked, mesh))
+
+
+def over_trials(fn: Callable[..., Any], mesh: Mesh, in_axes: Sequence[int | None]) -> Callable[..., Any]:
+    """`fn` once per trial: vmapped over the leading trial axis of the arguments whose `in_axes` is 0
+    (None: shared by every trial), each group of devices on `mesh`'s trial axis running its own
+    trials; every output carries the trial axis."""
+    # Manual over `trial` only (data, fsdp and tensor stay automatic): under a plain vmap of
+    # trial-sharded weights, the SPMD partitioner cannot split the grouped convolutions that vmap
+    # makes of stacked kernels over their groups.
+    specs = tuple(P() if axis is None else P(TRIAL_AXIS) for axis in in_axes)
+    return jax.shard_map(jax.vmap(fn, in_axes=tuple(in_axes)), mesh=mesh, in_specs=specs, out_specs=P(TRIAL_AXIS),
+                         axis_names={TRIAL_AXIS})

@@ -1,6 +1,7 @@
 """The `trial` axis: finetunes of one stage stacked in one program equal the same finetunes run one by
-one, compile once, lie over the `trial` mesh axis, are stored where `finetune` finds them, and
-`sweep.run` stacks the runs it can."""
+one, compile once, lie over the `trial` mesh axis, are stored where `finetune` finds them; their
+edits sampled stacked equal each finetune's own, in one program per stage; and `sweep.run` stacks
+the runs it can."""
 
 import dataclasses
 import shutil
@@ -12,7 +13,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs.sweeps import shapes_edit
-from dreamix_jax import dreamix, sharding, sweep
+from dreamix_jax import cascade, dreamix, sharding, sweep
 from dreamix_jax.data import synthetic
 
 # Three runs in one stack: lr, α and seed differ; the third runs a step longer, so the others are
@@ -123,6 +124,48 @@ def test_a_mesh_for_more_runs_than_are_left_is_filled_with_copies(stacked, base_
     first, _ = dreamix.finetune(base_only, clip, SETTINGS[1], stacked["workdir"], progress=False)
     for a, b in zip(_params(resumed.unets[0]), _params(first.unets[0]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# Two edits per run: other prompts, seeds, s and guidance weights in every row.
+REQUESTS = ((dreamix.EditRequest("a red square moving left on a black background", seed=0, s=0.6),
+             dreamix.EditRequest("a blue circle moving right on a gray background", seed=1, s=0.9)),
+            (dreamix.EditRequest("a red square moving left on a black background", seed=2, s=0.7),
+             dreamix.EditRequest("a green square moving left on a black background", seed=3, s=0.8)),
+            (dreamix.EditRequest("a blue circle moving right on a gray background", seed=4, s=0.5),
+             dreamix.EditRequest("a red square moving left on a black background", seed=0, s=0.6)))
+GUIDANCE = ((1.0, 3.0), (2.0, 2.5), (4.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def sampled(stacked, base_only, clip):
+    """The edits of the three stored runs sampled stacked on their trial mesh, twice (the second time with the
+    row groups in another order), and the same edits sampled with each run's finetuned cascade on its own."""
+    tuned = [dreamix.finetune(base_only, clip, s, stacked["workdir"], progress=False)[0] for s in SETTINGS[:RUNS]]
+    before = cascade._sample_chunks._cache_size()
+    videos, _ = dreamix.edit_trials(tuned, clip, [r for group in REQUESTS for r in group], mesh=stacked["mesh"],
+                                    guidance=[g for group in GUIDANCE for g in group])
+    order = (2, 0, 1)
+    again, _ = dreamix.edit_trials([tuned[i] for i in order], clip, [r for i in order for r in REQUESTS[i]],
+                                   mesh=stacked["mesh"], guidance=[g for i in order for g in GUIDANCE[i]])
+    alone = [dreamix.edit(t, clip, requests, guidance=list(g))[0]
+             for t, requests, g in zip(tuned, REQUESTS, GUIDANCE, strict=True)]
+    return dict(videos=videos, again=again, order=order, alone=alone,
+                compiled=cascade._sample_chunks._cache_size() - before)
+
+
+def test_stacked_edits_equal_each_finetunes_own(sampled):
+    rows = len(REQUESTS[0])
+    assert sampled["videos"].shape[0] == RUNS * rows
+    for k, alone in enumerate(sampled["alone"]):
+        np.testing.assert_allclose(sampled["videos"][k * rows:(k + 1) * rows], alone, atol=1e-4)
+        slot = sampled["order"].index(k)
+        np.testing.assert_allclose(sampled["again"][slot * rows:(slot + 1) * rows], alone, atol=1e-4)
+    # The same request, seed and guidance with another finetune is another edit: each group had its own weights.
+    assert np.abs(sampled["videos"][0] - sampled["videos"][5]).max() > 1e-3
+
+
+def test_stacked_edits_compile_one_program_per_stage(sampled, base_only):
+    assert sampled["compiled"] == len(base_only.stages)  # both calls, any order of finetunes and requests
 
 
 def test_only_finetunes_with_one_program_stack(base_only, clip, tmp_path):
