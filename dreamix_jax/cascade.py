@@ -35,7 +35,7 @@ from dreamix_jax.diffusion import (
 )
 from dreamix_jax.models.t5 import null_text
 from dreamix_jax.models.unet3d import UNet3DConfig
-from dreamix_jax.sharding import over_trials
+from dreamix_jax.sharding import over_trials, trial_batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,11 @@ def _sample_chunks(graphdef, state, z_start, t_start, keys, text, text_mask, con
     guidance = jnp.broadcast_to(guidance, t_start.shape)  # per example, so it splits into the groups
 
     def group(x):
-        return None if x is None else jax.tree.map(lambda a: a.reshape(k, a.shape[0] // k, *a.shape[1:]), x)
+        def one(a):
+            a = a.reshape(k, a.shape[0] // k, *a.shape[1:])
+            return jax.lax.with_sharding_constraint(a, trial_batch_sharding(trials, a.shape))
+
+        return None if x is None else jax.tree.map(one, x)
 
     def chunk(state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, null, eta):
         return _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance,

@@ -315,6 +315,14 @@ def stack_trials(trees: Sequence[Any], mesh: Mesh) -> Any:
     return jax.tree.map(from_host, stacked, trial_shardings(stacked, mesh))
 
 
+def trial_batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+    """Row groups stacked on a leading trial axis (K, rows, ...): that axis over `trial`, the rows over
+    the data axes where they divide them (as `place_batch` splits a batch), the rest replicated."""
+    data_size = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    rows = BATCH_AXES if len(shape) > 1 and shape[1] % data_size == 0 else None
+    return NamedSharding(mesh, P(TRIAL_AXIS, rows))
+
+
 def over_trials(fn: Callable[..., Any], mesh: Mesh, in_axes: Sequence[int | None]) -> Callable[..., Any]:
     """`fn` once per trial: vmapped over the leading trial axis of the arguments whose `in_axes` is 0
     (None: shared by every trial), each group of devices on `mesh`'s trial axis running its own
