@@ -13,9 +13,13 @@ How the work is shared:
   Every trial reuses one compiled step per stage and objective (lr and α are traced).
 - Runs that share the prompt, the finetuned stages and the objective paths train
   `trials_per_program` at a time in one program, their weights stacked on a `trial` mesh axis
-  (`dreamix.finetune_trials`); 1 trains them one after another.
+  (`dreamix.finetune_trials`), and their edits are sampled stacked the same way
+  (`dreamix.edit_trials`); 1 trains and samples them one after another.
 - The sampling settings of one finetuned cascade run in batches of `batch_size` (the last one
-  padded), so sampling compiles exactly once per stage: s, guidance, seed and prompt are data.
+  padded); stacked, a batch holds such a row group of each of K finetunes (K: the largest stack
+  the full trial list makes; the last batch padded with its last group). s, guidance, seed and
+  prompt are data, so sampling compiles exactly once per stage, twice where some runs stack and
+  others cannot (the stacked and the plain program).
 
 The workdir holds `manifest.json` (finished trials, rewritten atomically after every batch),
 `finetunes/` (shared with `dreamix_jax.edit`), `trials/<id>/{video.mp4, thumb.gif}` and
@@ -47,6 +51,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 from etils import epath
+from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from dreamix_jax import cascade, cli, dreamix, edit, evaluate, pretrained
@@ -190,22 +195,67 @@ def _caption(trial: Trial) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _stacked(model: pretrained.Cascade, clip: np.ndarray, groups: Mapping[dreamix.FinetuneSettings, list[Trial]],
-             per_program: int, mesh_shape: Sequence[int], workdir: epath.Path) -> Iterator[list[Trial]]:
-    """The groups (runs: settings that differ only in steps) in their order, those that can share a
-    program (`dreamix.stack_key`) finetuned together `per_program` at a time before the first of them."""
+def _runs(trials: Sequence[Trial]) -> dict[dreamix.FinetuneSettings, list[Trial]]:
+    """Trials by run (their finetuning settings at 0 steps): settings that differ only in steps are one run."""
+    runs: dict[dreamix.FinetuneSettings, list[Trial]] = collections.defaultdict(list)
+    for trial in trials:
+        runs[dataclasses.replace(trial.finetune, steps=0)].append(trial)
+    return runs
+
+
+def _chunks(model: pretrained.Cascade, runs: Mapping[dreamix.FinetuneSettings, list[Trial]],
+            per_program: int) -> list[list[dreamix.FinetuneSettings]]:
+    """The runs in chunks that finetune together: those that can share a program (`dreamix.stack_key`)
+    `per_program` at a time, in the order of their first runs."""
     stacks: dict[tuple[Any, ...], list[dreamix.FinetuneSettings]] = collections.defaultdict(list)
-    for run_settings, group in groups.items():
+    for run_settings, group in runs.items():
         longest = dataclasses.replace(run_settings, steps=max(t.finetune.steps for t in group))
         stacks[dreamix.stack_key(longest, model.stages)].append(run_settings)
-    order = list(groups)
-    chunks = sorted((runs[i:i + per_program] for runs in stacks.values() for i in range(0, len(runs), per_program)),
-                    key=lambda chunk: order.index(chunk[0]))
-    for chunk in chunks:
-        if len(chunk) > 1:
-            settings = list(dict.fromkeys(t.finetune for r in chunk for t in groups[r]))
-            dreamix.finetune_trials(model, clip, settings, workdir, mesh=make_trial_mesh(len(chunk), mesh_shape))
-        yield from (groups[r] for r in chunk)
+    order = list(runs)
+    return sorted((chunk[i:i + per_program] for chunk in stacks.values() for i in range(0, len(chunk), per_program)),
+                  key=lambda chunk: order.index(chunk[0]))
+
+
+# What one sampled batch gives for each of its real rows: the trial, its video, its finetune's key and
+# the batch's seconds per stage.
+Edited = list[tuple[Trial, np.ndarray, str, dict[str, float]]]
+
+
+def _edit_run(model: pretrained.Cascade, clip: np.ndarray, group: Sequence[Trial], batch_size: int,
+              workdir: epath.Path) -> Iterator[Edited]:
+    """One run's edits, `batch_size` at a time with its finetune at each step count; the run is trained
+    first (once, stored at every count) unless it is stored."""
+    counts = sorted({t.finetune.steps for t in group})
+    longest = dataclasses.replace(group[0].finetune, steps=counts[-1])
+    if counts[-1]:
+        dreamix.finetune(model, clip, longest, workdir, also_at=[k for k in counts[:-1] if k], progress=is_lead())
+    for steps in counts:
+        # Stored above: loaded, not trained.
+        tuned, record = dreamix.finetune(model, clip, dataclasses.replace(longest, steps=steps), workdir,
+                                         progress=is_lead())
+        for padded, real in batches([t for t in group if t.finetune.steps == steps], batch_size):
+            videos, seconds = dreamix.edit(tuned, clip, [t.request for t in padded],
+                                           guidance=[t.guidance for t in padded])
+            yield [(t, video, record["key"], seconds) for t, video in zip(padded[:real], videos[:real], strict=True)]
+
+
+def _edit_stacked(model: pretrained.Cascade, clip: np.ndarray, groups: Sequence[Sequence[Trial]], batch_size: int,
+                  stack: int, mesh: Mesh, workdir: epath.Path) -> Iterator[Edited]:
+    """The edits of runs finetuned together (stored): row groups of `batch_size` edits of one finetune
+    (run and step count), `stack` of them sampled in one program (`dreamix.edit_trials` on `mesh`), the
+    last program's groups padded with its last."""
+    trials = [t for group in groups for t in group]
+    row_groups = [(settings, padded, real) for settings in dict.fromkeys(t.finetune for t in trials)
+                  for padded, real in batches([t for t in trials if t.finetune == settings], batch_size)]
+    for program, used in batches(row_groups, stack):
+        # Stored by the stacked finetune: loaded, not trained; once per program.
+        tuned = {s: dreamix.finetune(model, clip, s, workdir, progress=is_lead())
+                 for s in dict.fromkeys(s for s, _, _ in program)}
+        videos, seconds = dreamix.edit_trials([tuned[s][0] for s, _, _ in program], clip,
+                                              [t.request for _, padded, _ in program for t in padded], mesh=mesh,
+                                              guidance=[t.guidance for _, padded, _ in program for t in padded])
+        yield [(t, videos[g * batch_size + row], tuned[s][1]["key"], seconds)
+               for g, (s, padded, real) in enumerate(program[:used]) for row, t in enumerate(padded[:real])]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pretrained.Cascade | None = None,
@@ -239,47 +289,45 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
     if is_lead():
         video_io.write_video(workdir / "input.gif", video_io.to_uint8(source), model.final.fps, scale=2)
 
-    # One batch shape for the whole sweep (fixed by the full trial list, so a resumed run keeps it).
+    # One batch shape for the whole sweep (fixed by the full trial list, so a resumed run keeps it): row
+    # groups of `batch_size` edits of one finetune, `stack` of them in a program where runs finetune together.
     batch_size = min(config.batch_size, max(collections.Counter(t.finetune for t in trials).values()))
-    groups: dict[dreamix.FinetuneSettings, list[Trial]] = collections.defaultdict(list)
-    for trial in pending:  # finetuning settings that differ only in steps are one run
-        groups[dataclasses.replace(trial.finetune, steps=0)].append(trial)
+    stack = max(len(chunk) for chunk in _chunks(model, _runs(trials), per_program))
+    sample_mesh = make_trial_mesh(stack, config.edit.mesh.shape) if stack > 1 else None
+    runs = _runs(pending)
 
     batch_index = 0
-    for group in _stacked(model, clip, groups, per_program, config.edit.mesh.shape, workdir):
-        counts = sorted({t.finetune.steps for t in group})
-        longest = dataclasses.replace(group[0].finetune, steps=counts[-1])
-        if counts[-1]:
-            dreamix.finetune(model, clip, longest, workdir, also_at=[k for k in counts[:-1] if k], progress=is_lead())
-        for steps in counts:
-            settings = dataclasses.replace(longest, steps=steps)
-            # Stored above: loaded, not trained.
-            tuned, record = dreamix.finetune(model, clip, settings, workdir, progress=is_lead())
-            todo = [t for t in group if t.finetune.steps == steps]
-            for padded, real in batches(todo, batch_size):
-                videos, seconds = dreamix.edit(tuned, clip, [t.request for t in padded],
-                                               guidance=[t.guidance for t in padded])
-                for trial, video in zip(padded[:real], videos[:real], strict=True):
-                    if is_lead():  # every process holds the same videos; one writes them
-                        folder = workdir / "trials" / trial.id
-                        video_io.write_video(folder / "video.mp4", video, model.final.fps)
-                        thumb = np.stack([video_io.label(f, _caption(trial)[:26]) for f in video_io.to_uint8(video)])
-                        video_io.write_video(folder / "thumb.gif", thumb, model.final.fps, scale=1)
-                    done[trial.id] = dict(settings=trial.settings, scores=_score(video, source, trial.request.prompt,
-                                                                                model),
-                                          finetune_key=record["key"], video=f"trials/{trial.id}/video.mp4",
-                                          thumb=f"trials/{trial.id}/thumb.gif", batch_seconds=seconds)
-                if is_lead():
-                    workdir_lib.write_json_atomic(workdir / "manifest.json", dict(trials=done))
-                batch_index += 1
-                log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
-                if on_batch is not None:
-                    on_batch(batch_index)
+    for chunk in _chunks(model, runs, per_program):
+        if len(chunk) > 1:
+            settings = list(dict.fromkeys(t.finetune for r in chunk for t in runs[r]))
+            dreamix.finetune_trials(model, clip, settings, workdir, mesh=make_trial_mesh(len(chunk),
+                                                                                         config.edit.mesh.shape))
+        if len(chunk) > 1 and sample_mesh is not None:
+            edited = _edit_stacked(model, clip, [runs[r] for r in chunk], batch_size, stack, sample_mesh, workdir)
+        else:  # one run, or runs that stack only now (a resumed sweep's): each alone, in the sweep's one shape
+            edited = itertools.chain.from_iterable(_edit_run(model, clip, runs[r], batch_size, workdir) for r in chunk)
+        for results in edited:
+            for trial, video, key, seconds in results:
+                if is_lead():  # every process holds the same videos; one writes them
+                    folder = workdir / "trials" / trial.id
+                    video_io.write_video(folder / "video.mp4", video, model.final.fps)
+                    thumb = np.stack([video_io.label(f, _caption(trial)[:26]) for f in video_io.to_uint8(video)])
+                    video_io.write_video(folder / "thumb.gif", thumb, model.final.fps, scale=1)
+                done[trial.id] = dict(settings=trial.settings, finetune_key=key,
+                                      scores=_score(video, source, trial.request.prompt, model),
+                                      video=f"trials/{trial.id}/video.mp4", thumb=f"trials/{trial.id}/thumb.gif",
+                                      batch_seconds=seconds)
+            if is_lead():
+                workdir_lib.write_json_atomic(workdir / "manifest.json", dict(trials=done))
+            batch_index += 1
+            log.info("Batch %d done: %d of %d trials finished.", batch_index, len(done), len(trials))
+            if on_batch is not None:
+                on_batch(batch_index)
 
     finished = {t.id: done[t.id] for t in trials}
-    summary = dict(trials=len(trials), ran=len(pending), batch_size=batch_size, batches=batch_index,
-                   compiles=compile_count() - compiles_before, seconds=round(time.perf_counter() - started, 1),
-                   input=source_path)
+    summary = dict(trials=len(trials), ran=len(pending), batch_size=batch_size, finetunes_per_batch=stack,
+                   batches=batch_index, compiles=compile_count() - compiles_before,
+                   seconds=round(time.perf_counter() - started, 1), input=source_path)
     if is_lead():
         write_report(workdir, config, trials, finished, summary)
         workdir_lib.write_json_atomic(workdir / "summary.json", summary)
@@ -373,6 +421,8 @@ def write_report(workdir: epath.Path, config: ml_collections.ConfigDict, trials:
         table.append("<tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>")
     table.append("</table>")
 
+    groups = summary["finetunes_per_batch"]
+    stacked = f" edits of each of up to {groups} finetunes sampled together" if groups > 1 else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Dreamix sweep: {esc(workdir.name)}</title>
 <style>
@@ -382,7 +432,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px; text-align: center; vertical-ali
 .metrics td {{ font-family: monospace; }}
 </style></head><body>
 <h1>Dreamix sweep</h1>
-<p>{summary['trials']} trials ({summary['ran']} run now, in {summary['batches']} batches of {summary['batch_size']};
+<p>{summary['trials']} trials ({summary['ran']} run now, in {summary['batches']} batches of {summary['batch_size']}{stacked};
 {summary['compiles']} XLA compilations; {summary['seconds']} s). Input: {esc(str(summary['input']))}.</p>
 <p><img src="input.gif" alt="input"> the input at the output size.</p>
 <h2>Fidelity against alignment</h2>

@@ -4,6 +4,7 @@ edits sampled stacked equal each finetune's own, in one program per stage; and `
 the runs it can."""
 
 import dataclasses
+import json
 import shutil
 
 import jax
@@ -191,24 +192,32 @@ def test_trial_meshes_keep_each_copy_laid_out_by_its_shape():
 
 
 def test_a_sweep_stacks_its_runs(base_only, tmp_path, monkeypatch):
-    """The smoke sweep with two learning rates hands both runs to one stacked finetune; that finetune
-    and the edits are stubbed (tested above and in test_sweep.py), so the sweep trains each run on
-    its own instead and the manifest still names every finetune."""
+    """The smoke sweep with two learning rates hands both runs to one stacked finetune and their edits to
+    one stacked sampling program; both are stubbed (tested above and in test_sweep.py), so the sweep
+    trains each run on its own instead, and the manifest still names every finetune."""
     config = shapes_edit.get_config("smoke")
     config.edit.sampling_steps = 0
     config.finetune = dict(lr=(1e-4, 3e-4), steps=(1,))
     config.sample = dict(s=(0.5,), prompt=config.sample.prompt)
     config.trials_per_program = 2
     final = base_only.final
-    monkeypatch.setattr(dreamix, "edit", lambda tuned, clip, requests, guidance=None: (
-        np.zeros((len(requests), final.frames, final.height, final.width, 3), np.float32), {}))
-    stacks = []
+    blank = lambda rows: np.zeros((rows, final.frames, final.height, final.width, 3), np.float32)  # noqa: E731
+    alone, programs, stacks = [], [], []
+    monkeypatch.setattr(dreamix, "edit", lambda tuned, clip, requests, guidance=None: alone.append(requests))
+    monkeypatch.setattr(dreamix, "edit_trials", lambda cascades, clip, requests, mesh, guidance: (
+        programs.append((cascades, requests, dict(mesh.shape))), (blank(len(requests)), {}))[1])
     monkeypatch.setattr(dreamix, "finetune_trials", lambda model, clip, settings, workdir, mesh: stacks.append(
         (settings, dict(mesh.shape))))
     manifest = sweep.run(config, tmp_path, model=base_only)
     ((settings, mesh_shape),) = stacks
     assert sorted((s.lr, s.steps) for s in settings) == [(1e-4, 1), (3e-4, 1)]
     assert mesh_shape == {"trial": 2, "data": 4, "fsdp": 1, "tensor": 1}
+    ((cascades, requests, sample_mesh_shape),) = programs  # one edit of each run: one program, no edit alone
+    assert len(cascades) == len(requests) == 2 and not alone
+    assert sample_mesh_shape == mesh_shape
+    first, second = (_params(c.unets[0]) for c in cascades)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(first, second, strict=True))  # each run's own finetune
     clip = sweep.edit.read_input(config.edit)[0]
     assert sorted(entry["finetune_key"] for entry in manifest.values()) == sorted(
         dreamix.finetune_key(clip, s, base_only) for s in settings)
+    assert json.loads((tmp_path / "summary.json").read_text())["finetunes_per_batch"] == 2
