@@ -292,19 +292,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
     # One batch shape for the whole sweep (fixed by the full trial list, so a resumed run keeps it): row
     # groups of `batch_size` edits of one finetune, `stack` of them in a program where runs finetune together.
     batch_size = min(config.batch_size, max(collections.Counter(t.finetune for t in trials).values()))
-    stack = max(len(chunk) for chunk in _chunks(model, _runs(trials), per_program))
+    # A run is sampled stacked when the full trial list stacks it with others, so a resumed sweep samples
+    # its last run of a stack in the program the others used.
+    chunks = _chunks(model, _runs(trials), per_program)
+    stack = max(len(chunk) for chunk in chunks)
+    stacked_runs = {r for chunk in chunks if len(chunk) > 1 for r in chunk}
     sample_mesh = make_trial_mesh(stack, config.edit.mesh.shape) if stack > 1 else None
     runs = _runs(pending)
 
     batch_index = 0
     for chunk in _chunks(model, runs, per_program):
-        if len(chunk) > 1:
+        stacked = all(r in stacked_runs for r in chunk)
+        if len(chunk) > 1 or stacked:  # it skips the finetunes stored earlier
             settings = list(dict.fromkeys(t.finetune for r in chunk for t in runs[r]))
             dreamix.finetune_trials(model, clip, settings, workdir, mesh=make_trial_mesh(len(chunk),
                                                                                          config.edit.mesh.shape))
-        if len(chunk) > 1 and sample_mesh is not None:
+        if stacked:
             edited = _edit_stacked(model, clip, [runs[r] for r in chunk], batch_size, stack, sample_mesh, workdir)
-        else:  # one run, or runs that stack only now (a resumed sweep's): each alone, in the sweep's one shape
+        else:  # runs that stack with none, or only now (a resumed sweep's): each alone, in the sweep's one shape
             edited = itertools.chain.from_iterable(_edit_run(model, clip, runs[r], batch_size, workdir) for r in chunk)
         for results in edited:
             for trial, video, key, seconds in results:

@@ -221,3 +221,34 @@ def test_a_sweep_stacks_its_runs(base_only, tmp_path, monkeypatch):
     assert sorted(entry["finetune_key"] for entry in manifest.values()) == sorted(
         dreamix.finetune_key(clip, s, base_only) for s in settings)
     assert json.loads((tmp_path / "summary.json").read_text())["finetunes_per_batch"] == 2
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_first(batch: int) -> None:
+    if batch == 1:
+        raise _Interrupt
+
+
+def test_a_resumed_stacked_sweep_samples_in_its_one_program(base_only, tmp_path):
+    """Two stacking runs, two edits each in batches of one: the first program samples the first run's two
+    row groups; stopped there and resumed, the second run, alone now, is sampled in the same stacked
+    program, and no plain sampler compiles."""
+    config = shapes_edit.get_config("smoke")
+    config.edit.sampling_steps = 0
+    config.finetune = dict(lr=(1e-4, 3e-4), steps=(1,))
+    config.sample = dict(s=(0.5, 0.9), prompt=config.sample.prompt)
+    config.trials_per_program, config.batch_size = 2, 1
+    plain, stacked = cascade._sample_chunk._cache_size(), cascade._sample_chunks._cache_size()
+    with pytest.raises(_Interrupt):
+        sweep.run(config, tmp_path, model=base_only, on_batch=_stop_after_first)
+    first = sweep.read_manifest(tmp_path)
+    resumed = sweep.run(config, tmp_path, model=base_only)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(first) == 2 and len({e["finetune_key"] for e in first.values()}) == 1 and len(resumed) == 4
+    assert len({e["finetune_key"] for e in resumed.values()}) == 2
+    assert summary["ran"] == 2 and summary["batches"] == 1 and summary["finetunes_per_batch"] == 2
+    assert cascade._sample_chunk._cache_size() == plain
+    assert cascade._sample_chunks._cache_size() - stacked == len(base_only.stages)
