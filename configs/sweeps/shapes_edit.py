@@ -27,9 +27,12 @@ def get_config(arg: str | None = "default") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.edit = dreamix_configs.get_config("video")  # input "" is the bundled example clip
     config.mode = "grid"  # "grid": every combination of each section's lists; "list": paired up
-    config.batch_size = 12  # edits per sampling call (one compile per stage for the whole sweep)
-    # Finetuning runs trained at once in one program (weights stacked on the `trial` mesh axis) when
-    # they share the prompt, the stages and which of w_video and alpha are 0; 1 trains them one by one.
+    # Edits of one finetune per sampling call (stacked runs: of each of the call's finetunes); one
+    # compile per stage for the whole sweep.
+    config.batch_size = 12
+    # Finetuning runs trained at once in one program (weights stacked on the `trial` mesh axis), and
+    # their edits sampled so, when they share the prompt, the stages and which of w_video and alpha are
+    # 0; 1 trains and samples them one by one.
     config.trials_per_program = 4
     # True on every host of a multi-host slice (launch/sweep.sh passes --config.edit.distributed=true). The
     # command line leaves the workdir, which every host runs on, unlocked when a config's own `distributed`
