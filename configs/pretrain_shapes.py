@@ -38,6 +38,13 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
     if arg.variant not in config.cascade.stage_order:
         raise ValueError(f"Unknown stage {arg.variant!r}; choose one of {tuple(config.cascade.stage_order)}.")
     config.stage = arg.variant
+    if arg.smoke and arg.variant == "base":
+        # The smoke runs check the training loop (resume, checkpoints, logs, several hosts), and compiling
+        # the step dominates their time on CPU and grows with the layer count: the base U-Net keeps both
+        # levels, spatial, cross- and temporal attention and the position embedding, but attends at its
+        # 8×8 level only and at half the width. (Exports of a smoke run carry this config.)
+        config.cascade.stages.base.unet.update(channels=(16, 32), attention_levels=(1,),
+                                               temporal_attention_levels=(1,))
 
     config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train")
     # Sized for 2 CPU cores: the base stage gets most of the compute; SR stages mostly learn to
