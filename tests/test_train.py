@@ -18,6 +18,7 @@ from dreamix_jax import cascade, pretrained, probe, train
 from dreamix_jax.models.t5 import T5Config
 from dreamix_jax.models.text_to_video import TextToVideo
 from dreamix_jax.data import shapes_video
+from dreamix_jax.sharding import make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +43,43 @@ def saved_params(workdir, step):
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"]
 
 
-def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
-    straight = str(tmp_path / "straight")
-    train.train(smoke_config(data_dir, probe_every=2, probe_clips=4), straight)  # one clip per data shard
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):
+    """An uninterrupted 4-step run, probed every 2 steps: the reference the interrupted runs must match
+    and the weights the warm start begins from."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    train.train(smoke_config(data_dir, probe_every=2, probe_clips=4), workdir)  # one clip per data shard
+    return workdir
 
+
+def test_a_stop_signal_and_a_crash_resume_to_match_an_uninterrupted_run(data_dir, straight, tmp_path):
+    """Stopped by Ctrl-C after step 2, resumed and crashed after step 3 (its row logged, its checkpoint
+    not saved), resumed again from checkpoint 2: the weights at step 4 are the uninterrupted run's, bit for
+    bit, and every step is logged once."""
     def stop_at_two(step, metrics):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C (SIGTERM, a preemption, is handled the same way)
 
+    def crash_after_three(step, metrics):
+        if step == 3:
+            raise RuntimeError("crash")
+
     resumed = str(tmp_path / "resumed")
+    config = smoke_config(data_dir, checkpoint_every=1, keep_checkpoints=2)  # the straight run's compiled step
     handler = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs in the background
-    metrics = train.train(smoke_config(data_dir), resumed, on_step=stop_at_two)
+    metrics = train.train(config, resumed, on_step=stop_at_two)
     assert metrics["step"] == 2
     at_two = saved_params(resumed, 2)  # the stop left a checkpoint
     assert signal.getsignal(signal.SIGINT) is handler  # and the handler was put back
-    train.train(smoke_config(data_dir), resumed)
+    with pytest.raises(RuntimeError, match="crash"):
+        train.train(config, resumed, on_step=crash_after_three)  # rows 1–3 logged, checkpoint 3 not saved
+    assert [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))] == [1, 2, 3]
+    with open(os.path.join(resumed, "metrics.jsonl"), "a") as log:
+        log.write('{"step": 3, "loss": 0.1')  # and a row torn by the crash
+    train.train(config, resumed)
+    rows = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["3", "4"]  # keep_checkpoints 2
 
     a, b = saved_params(straight, 4), saved_params(resumed, 4)
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
@@ -66,7 +89,11 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
     # Steps 3 and 4 moved the weights: equality above is not two untouched copies.
     assert any(np.abs(np.asarray(x) - np.asarray(y)).max() > 0
                for x, y in zip(leaves_a, jax.tree.leaves(at_two), strict=True))
+    straight_rows = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows if "loss" in r]
 
+
+def test_a_run_logs_losses_probes_config_and_tensorboard(straight):
     rows = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
     logs = [m for m in rows if "loss" in m]
     probes = [m for m in rows if "probe/shape" in m]
@@ -76,12 +103,14 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
     assert json.load(open(os.path.join(straight, "config.json")))["stage"] == "base"
     assert os.listdir(os.path.join(straight, "tensorboard"))
 
-    # An SR stage reads this base run's text encoder (frozen), weight for weight.
+
+def test_an_sr_stage_reads_the_base_runs_text_encoder(data_dir, straight, tmp_path):
+    """An SR stage reads a base run's text encoder (frozen), weight for weight."""
     config = smoke_config(data_dir)
     stage = {s.name: s for s in cascade.stages_from_config(config.cascade)}["ssr1"]
     model = TextToVideo(stage.unet, T5Config.from_config(config.cascade.text.model), rngs=nnx.Rngs(7))
     loaded = nnx.to_flat_state(train.load_text_encoder(straight, model))
-    saved = a["text_encoder"]
+    saved = saved_params(straight, 4)["text_encoder"]
     assert len(loaded) > 0
     for path, variable in loaded:
         expected = functools.reduce(lambda tree, key: tree[str(key)], path, saved)
@@ -91,50 +120,34 @@ def test_stop_signal_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path
         train.load_text_encoder(str(tmp_path / "nothing"), model)
 
 
-def test_a_warm_start_begins_from_the_given_weights_and_counts_their_steps(data_dir, tmp_path):
-    first = str(tmp_path / "first")
-    train.train(smoke_config(data_dir), first)
+def test_a_warm_start_begins_from_the_given_weights_and_counts_their_steps(data_dir, straight, tmp_path):
     warm = str(tmp_path / "warm")
     # lr 0 (a traced value: the same compiled step) keeps the weights where the warm start put them.
-    train.train(smoke_config(data_dir, init_from=first, lr=0.0), warm)
-    start, kept = saved_params(first, 4), saved_params(warm, 4)
+    train.train(smoke_config(data_dir, init_from=straight, lr=0.0), warm)
+    start, kept = saved_params(straight, 4), saved_params(warm, 4)
     assert set(start) == set(kept) == {"unet", "text_encoder"}
     for x, y in zip(jax.tree.leaves(start), jax.tree.leaves(kept), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
     steps, weights = pretrained.stage_weights(warm, "base")
     assert steps == 8  # its own 4 and the 4 it started from
-    out = pretrained.export(smoke_config(data_dir).cascade, dict(
+    # The smoke base stage beside the shipped SR stages, in one file that loads as a cascade.
+    cascade_config = smoke_config(data_dir).cascade
+    out = pretrained.export(cascade_config, dict(
         base=warm, tsr=str(pretrained.SHIPPED), ssr1=str(pretrained.SHIPPED), ssr2=str(pretrained.SHIPPED)),
         tmp_path / "warm.npz")
     arrays, meta = pretrained.read_file(out)
     assert meta["steps"]["base"] == 8
     for name, value in weights.items():
         np.testing.assert_array_equal(arrays[name.replace("unet/", "base/", 1)], value, err_msg=name)
+    loaded = pretrained.load(out, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))  # every weight fits its stage
+    assert [s.unet for s in loaded.stages] == [s.unet for s in cascade.stages_from_config(cascade_config)]
     with pytest.raises(KeyError, match="holds no stage 'ssr9'"):
         pretrained.stage_weights(str(pretrained.SHIPPED), "ssr9")
 
 
-def test_a_crash_resumes_from_the_last_checkpoint_without_duplicate_rows(data_dir, tmp_path):
-    workdir = str(tmp_path / "crash")
-
-    def crash_after_three(step, metrics):
-        if step == 3:
-            raise RuntimeError("crash")
-
-    config = smoke_config(data_dir, checkpoint_every=1, keep_checkpoints=2)  # the same compiled step as above
-    with pytest.raises(RuntimeError, match="crash"):
-        train.train(config, workdir, on_step=crash_after_three)  # rows 1–3 logged, checkpoint 3 not saved
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as log:
-        log.write('{"step": 3, "loss": 0.1')  # and a row torn by the crash
-    train.train(config, workdir)
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "4"]
-
-
 def test_a_run_on_gcs_checkpoints_and_logs_there_and_resumes_from_there(gcs_bucket, tmp_path, monkeypatch):
-    """The crash above with workdir and data dir on gs://: the run resumes from its gs:// checkpoint 2
+    """A crash as above with workdir and data dir on gs://: the run resumes from its gs:// checkpoint 2
     and recomputes step 3 exactly (weights, optimizer state and data iterator came back whole). The
     dataset is built and uploaded by the first run and downloaded by the second, as by another host."""
     data_dir, workdir = f"{gcs_bucket}/tfds", f"{gcs_bucket}/train/base"
