@@ -6,12 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs import cascade as cascade_configs
 from dreamix_jax import cascade
 from dreamix_jax.diffusion import Schedule
-from dreamix_jax.models.unet3d import UNet3D
 
 BATCH, TEXT_LEN = 2, 8
 
@@ -28,15 +26,12 @@ def smooth_video(batch: int, frames: int, height: int, width: int, seed: int = 0
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """Stages of `configs/cascade.py:tiny` with 2 sampling steps each, and their initialised U-Nets."""
+def tiny(shipped):
+    """Stages of `configs/cascade.py:tiny` with 2 sampling steps each, and the U-Nets of the shipped
+    cascade, which has those stages: read from its file, where initialising them compiled a program each."""
     stages = tuple(dataclasses.replace(s, steps=2) for s in cascade.stages_from_config(cascade_configs.get_config("tiny")))
-    models = []
-    for i, stage in enumerate(stages):
-        graphdef = nnx.split(nnx.eval_shape(lambda stage=stage: UNet3D(stage.unet, rngs=nnx.Rngs(0))))[0]
-        state = jax.jit(lambda stage=stage, i=i: nnx.split(UNet3D(stage.unet, rngs=nnx.Rngs(i)))[1])()
-        models.append(nnx.merge(graphdef, state))
-    return stages, models
+    assert [s.unet for s in stages] == [s.unet for s in shipped.stages]
+    return stages, shipped.unets
 
 
 @pytest.fixture(scope="module")
