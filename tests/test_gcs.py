@@ -170,7 +170,8 @@ def test_a_sweep_report_and_manifest_on_gcs(gcs_bucket):
     results = {t.id: dict(scores=s, video=f"trials/{t.id}/video.mp4", thumb=f"trials/{t.id}/thumb.gif")
                for t, s in zip(trials, scores, strict=True)}
     workdir.write_json_atomic(f"{run}/manifest.json", dict(trials=results))
-    summary = dict(trials=len(trials), ran=len(trials), batch_size=2, batches=2, compiles=0, seconds=1.0, input="clip")
+    summary = dict(trials=len(trials), ran=len(trials), batch_size=2, finetunes_per_batch=1, batches=2, compiles=0,
+                   seconds=1.0, input="clip")
     report = sweep.write_report(workdir.as_path(run), config, trials, results, summary)
     assert str(report) == f"{run}/report.html"
     assert gcs_names(run) == ["fidelity_alignment.png", "manifest.json", "report.html"]
