@@ -39,13 +39,14 @@ from dreamix_jax.data import shapes_video
 from dreamix_jax.diffusion import Schedule
 from dreamix_jax.models.t5 import T5Config, make_tokenizer
 from dreamix_jax.models.text_to_video import TextToVideo
+from dreamix_jax.models.unet3d import UNet3DConfig
 from dreamix_jax.sharding import (
-    create_sharded,
     initialize_distributed,
     make_mesh,
     on_mesh,
     place_batch,
     shard_batch,
+    state_shardings,
 )
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
     # ---- Model and optimizer --------------------------------------------------------------------
     t5_cfg = T5Config.from_config(text_cfg.model)
-    model = create_sharded(lambda: TextToVideo(stage.unet, t5_cfg, rngs=nnx.Rngs(config.seed)), mesh)
+    model_graphdef, init_model = _model_init(stage.unet, t5_cfg, config.seed, mesh)
+    with jax.set_mesh(mesh):
+        model = nnx.merge(model_graphdef, init_model())
     if config.init_from:  # a warm start; a checkpoint in workdir (below) takes precedence
         load_stage(config.init_from, config.stage, model)
     if config.text_encoder_from:
@@ -193,9 +196,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     # workdir always holds every weight its U-Net was trained against.
     frozen = nnx.state(model, nnx.All(nnx.Param, nnx.Not(trainable(config))))
     optimizer_settings = (("weight_decay", config.weight_decay), ("clip", config.grad_clip))
-    optimizer = objective.make_optimizer(**dict(optimizer_settings))
     # Adam moments follow their weights' sharding; scalars (step counts) are replicated.
-    opt_state = on_mesh(jax.jit(optimizer.init)(params), mesh)
+    opt_state = on_mesh(_optimizer_init(optimizer_settings)(params), mesh)
     ema = jax.tree.map(jnp.copy, params) if config.ema_decay else None
     make_step = functools.partial(
         _train_step, graphdef=graphdef, optimizer_settings=optimizer_settings, stage=stage, crop=crop, paths=paths, schedule=schedule,
@@ -295,6 +297,27 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             writer.close()
         manager.close()
     return metrics
+
+
+# Another run in this process (a resumed run, a test's next run) reuses the traced and compiled
+# initialisers below, not only the step (`_compiled`): traced afresh, each would be read back from the
+# persistent compile cache, seconds on CPU.
+
+
+@functools.cache
+def _model_init(unet: UNet3DConfig, t5: T5Config, seed: int, mesh: jax.sharding.Mesh):
+    """(graphdef, jitted init of the sharded state) of a stage's model; `create_sharded`, kept."""
+    def model_fn():
+        return TextToVideo(unet, t5, rngs=nnx.Rngs(seed))
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(model_fn))
+    return graphdef, jax.jit(lambda: nnx.split(model_fn())[1], out_shardings=state_shardings(abstract, mesh))
+
+
+@functools.cache
+def _optimizer_init(optimizer_settings: tuple) -> Callable:
+    """The jitted `init` of the optimizer with these settings."""
+    return jax.jit(objective.make_optimizer(**dict(optimizer_settings)).init)
 
 
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
