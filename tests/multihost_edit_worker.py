@@ -17,7 +17,8 @@ import sys
 writes, devices, *programs = sys.argv[1:]
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true")
+                           "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false "
+                           "--xla_cpu_parallel_codegen_split_count=1")
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
