@@ -45,6 +45,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The longest files (cold cache, minutes each), started first, longest first: `--dist=loadfile` runs a file
+# on one worker, and one started near the end would leave the other worker idle while it runs. (xdist's
+# own order, by test count, starts these last: its reordering is off in pyproject.toml.)
+LONGEST_FIRST = ("test_multihost_edit.py", "test_multihost.py", "test_train.py", "test_dreamix.py",
+                 "test_trial_axis.py", "test_learning.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "frames_independent"))
 def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=False):
     """Functional U-Net forward shared by the tests: one compile per (flag, shapes, sharding)."""
