@@ -11,7 +11,12 @@ cascade under three finetuning settings (none, video-only, mixed) over a grid of
              are not scored, since the detector does not read them;
   success    both.
 
+With `--base-only` the cascade is cut to its base stage (8 × 16 × 16): finetuning and sampling
+cost a fraction of the whole cascade's, and the SR stages keep the detector's reading of the base
+output (benchmarks/tiny_quality.py measures that agreement), so the table reads the same edits.
+
   python benchmarks/ablation.py              # table + benchmarks/results/ablation.json
+  python benchmarks/ablation.py --base-only --sources 8
 """
 
 import argparse
@@ -62,13 +67,17 @@ def main() -> None:
     parser.add_argument("--s", default="0.6,0.8", help="comma-separated noise strengths")
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
     parser.add_argument("--lr", type=float, default=dreamix.FinetuneSettings.lr)
+    parser.add_argument("--guidance", type=float, default=None, help="the base stage's weight (default: its own)")
+    parser.add_argument("--base-only", action="store_true", help="edit and score at the base stage's size")
     parser.add_argument("--workdir", default="/tmp/dreamix_ablation")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "ablation.json"))
     args = parser.parse_args()
     s_values = [float(s) for s in args.s.split(",")]
 
     model = pretrained.load()
-    final = model.final
+    final = model.final  # sources are rendered at the cascade's output size, as inputs are
+    if args.base_only:
+        model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
     sources = []
     seed = shapes_video.SPLIT_SEEDS["test"]
     while len(sources) < args.sources:  # moving sources, so a motion edit is a change of direction
@@ -88,7 +97,7 @@ def main() -> None:
                 tuned, _ = dreamix.finetune(model, clip, tune, args.workdir, progress=False)
             cells = [(c, a, s) for c, a in CATEGORIES.items() for s in s_values]
             requests = [dreamix.EditRequest(targets[c].caption(), seed=index, s=s) for c, _, s in cells]
-            videos, _ = dreamix.edit(tuned, clip, requests)
+            videos, _ = dreamix.edit(tuned, clip, requests, guidance=args.guidance)
             for (category, attribute, s), request, video in zip(cells, requests, videos, strict=True):
                 rows.append(dict(source=index, setting=setting, category=category, s=s, prompt=request.prompt,
                                  **score(video, source, targets[category], attribute)))
@@ -105,7 +114,8 @@ def main() -> None:
                 means = {m: float(np.mean([r[m] for r in picked])) for m in metrics}
                 table.append(dict(category=category, setting=setting, s=s, n=len(picked), **means))
                 print(f"{category:<11} {setting:<11} {s:>4g}" + "".join(f"{means[m]:>10.0%}" for m in metrics))
-    write_json(args.out, dict(sources=len(sources), s=s_values, finetune_steps=args.steps, lr=args.lr, table=table,
+    write_json(args.out, dict(sources=len(sources), s=s_values, finetune_steps=args.steps, lr=args.lr,
+                              guidance=args.guidance, base_only=args.base_only, table=table,
                               rows=rows, seconds=round(time.perf_counter() - start, 1)))
 
 
