@@ -34,8 +34,11 @@ def get_config(arg: str | None = "video") -> ml_collections.ConfigDict:
     config.prompt = ""  # the edited video's description; several prompts separated by ';'
     config.weights = ""  # a cascade weights file (dreamix_jax.pretrained); "" is the shipped tiny cascade
 
-    # Sampling. s is the noise strength of the edit: 0 keeps the degraded input, 1 ignores it.
-    config.s = 1.0 if arg.variant == "subject" else 0.75
+    # Sampling. s is the noise strength of the edit: 0 keeps the degraded input, 1 ignores it. On the
+    # shipped cascade (README, "The finetuning ablation") s = 0.9 is where mixed-finetuned edits read
+    # as asked most often (alignment: motion 38 %, object 100 %, background 88 %; at 0.75: 0, 88, 38 %)
+    # with the same success rate: below it, the input's old colour and motion win over the prompt.
+    config.s = 1.0 if arg.variant == "subject" else 0.9
     config.seed = 0
     config.num_seeds = 1  # seeds seed, seed + 1, ...
     config.guidance = 0.0  # the base stage's guidance weight; 0 keeps the cascade's own
