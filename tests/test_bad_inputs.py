@@ -47,7 +47,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model (or data) was loaded before the settings were checked")
     monkeypatch.setattr(pretrained, "load", refuse)
-    monkeypatch.setattr(train, "create_sharded", refuse)
+    monkeypatch.setattr(train, "_model_init", refuse)
     monkeypatch.setattr(train.shapes_video, "source", refuse)
 
 
