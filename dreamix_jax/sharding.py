@@ -185,17 +185,19 @@ def abstract_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh,
     return graphdef, state
 
 
-def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.Module:
-    """Build a model directly in its sharded layout: abstract shapes → shardings → jitted init."""
+def sharded_init(model_fn: Callable[[], nnx.Module], mesh: Mesh,
+                 rules=LOGICAL_AXIS_RULES) -> tuple[nnx.GraphDef, Callable[[], nnx.State]]:
+    """(graphdef, jitted init of the state in its sharded layout): abstract shapes → shardings → jit."""
     graphdef, abstract_state = nnx.split(nnx.eval_shape(model_fn))
     shardings = state_shardings(abstract_state, mesh, rules)
+    return graphdef, jax.jit(lambda: nnx.split(model_fn())[1], out_shardings=shardings)
 
-    def init():
-        return nnx.split(model_fn())[1]
 
+def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> nnx.Module:
+    """Build a model directly in its sharded layout (call `sharded_init`'s init under the mesh)."""
+    graphdef, init = sharded_init(model_fn, mesh, rules)
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+        return nnx.merge(graphdef, init())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from dreamix_jax.sharding import (
     on_mesh,
     place_batch,
     shard_batch,
-    state_shardings,
+    sharded_init,
 )
 
 log = logging.getLogger(__name__)
@@ -306,12 +306,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 @functools.cache
 def _model_init(unet: UNet3DConfig, t5: T5Config, seed: int, mesh: jax.sharding.Mesh):
-    """(graphdef, jitted init of the sharded state) of a stage's model; `create_sharded`, kept."""
-    def model_fn():
-        return TextToVideo(unet, t5, rngs=nnx.Rngs(seed))
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(model_fn))
-    return graphdef, jax.jit(lambda: nnx.split(model_fn())[1], out_shardings=state_shardings(abstract, mesh))
+    """(graphdef, jitted init of the sharded state) of a stage's model, kept for the next run."""
+    return sharded_init(lambda: TextToVideo(unet, t5, rngs=nnx.Rngs(seed)), mesh)
 
 
 @functools.cache
