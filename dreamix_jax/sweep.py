@@ -297,7 +297,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
     chunks = _chunks(model, _runs(trials), per_program)
     stack = max(len(chunk) for chunk in chunks)
     stacked_runs = {r for chunk in chunks if len(chunk) > 1 for r in chunk}
-    sample_mesh = make_trial_mesh(stack, config.edit.mesh.shape) if stack > 1 else None
+    # One trial mesh for every stacked finetune and sampling: a chunk with fewer runs fills it with
+    # repeats (`dreamix.finetune_trials`), so a short last chunk reuses the others' programs.
+    trial_mesh = make_trial_mesh(stack, config.edit.mesh.shape) if stack > 1 else None
     runs = _runs(pending)
 
     batch_index = 0
@@ -305,10 +307,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, model: pr
         stacked = all(r in stacked_runs for r in chunk)
         if len(chunk) > 1 or stacked:  # it skips the finetunes stored earlier
             settings = list(dict.fromkeys(t.finetune for r in chunk for t in runs[r]))
-            dreamix.finetune_trials(model, clip, settings, workdir, mesh=make_trial_mesh(len(chunk),
-                                                                                         config.edit.mesh.shape))
+            dreamix.finetune_trials(model, clip, settings, workdir, mesh=trial_mesh)
         if stacked:
-            edited = _edit_stacked(model, clip, [runs[r] for r in chunk], batch_size, stack, sample_mesh, workdir)
+            edited = _edit_stacked(model, clip, [runs[r] for r in chunk], batch_size, stack, trial_mesh, workdir)
         else:  # runs that stack with none, or only now (a resumed sweep's): each alone, in the sweep's one shape
             edited = itertools.chain.from_iterable(_edit_run(model, clip, runs[r], batch_size, workdir) for r in chunk)
         for results in edited:
