@@ -30,6 +30,7 @@ paper-scale numbers need an accelerator.
 
   python benchmarks/mfu.py                                  # on a GPU/TPU host
   python benchmarks/mfu.py --variants none,full --max_batch 8
+  python benchmarks/mfu.py --variants full --batch 8          # one compile when batch 8 fits
   python benchmarks/mfu.py --tiny --repeats 2               # CPU smoke run
 """
 
@@ -196,22 +197,40 @@ def _is_oom(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
 
+def _compile_if_fits(bench: Bench, variant: str, batch: int, limit: int | None):
+    """(batch, compiled, compile s, planned bytes) when the step compiles within `limit`, else None."""
+    try:
+        compiled, compile_s = compile_variant(bench, variant, batch)
+    except Exception as e:  # noqa: BLE001 - XLA reports OOM at compile time on some backends
+        if not _is_oom(e):
+            raise
+        return None
+    est = peak_bytes(compiled)
+    return None if limit is not None and est > limit else (batch, compiled, compile_s, est)
+
+
+def fitting_steps(bench: Bench, variant: str, args, limit: int | None) -> list[tuple]:
+    """Compiled steps that fit, largest batch last: doubling from 1, or halving from `--batch`.
+
+    Each try is a compile, minutes at the paper's size: `--batch` near the answer saves most of them.
+    """
+    if args.batch:
+        batch = args.batch
+        while batch >= 1:
+            if fit := _compile_if_fits(bench, variant, batch, limit):
+                return [fit]
+            batch //= 2
+        return []
+    fits, batch = [], 1
+    while batch <= args.max_batch and (fit := _compile_if_fits(bench, variant, batch, limit)):
+        fits.append(fit)
+        batch *= 2
+    return fits
+
+
 def measure(bench: Bench, variant: str, args, limit: int | None, model_flops_1: int, peak: float | None) -> dict:
     """Largest fitting batch of one variant, then its timing and FLOP rates."""
-    fits = []  # (batch, compiled, compile_s, est bytes), increasing
-    batch = 1
-    while batch <= args.max_batch:
-        try:
-            compiled, compile_s = compile_variant(bench, variant, batch)
-        except Exception as e:  # noqa: BLE001 - XLA reports OOM at compile time on some backends
-            if not _is_oom(e):
-                raise
-            break
-        est = peak_bytes(compiled)
-        if limit is not None and est > limit:
-            break
-        fits.append((batch, compiled, compile_s, est))
-        batch *= 2
+    fits = fitting_steps(bench, variant, args, limit)
     while fits:
         batch, compiled, compile_s, est = fits[-1]
         try:
@@ -220,8 +239,10 @@ def measure(bench: Bench, variant: str, args, limit: int | None, model_flops_1: 
         except Exception as e:  # noqa: BLE001
             if not _is_oom(e):
                 raise
-            fits.pop()  # fits on paper, not in practice (fragmentation, runtime buffers): halve
+            fits.pop()  # fits on paper, not in practice (fragmentation, runtime buffers): a smaller one
             bench.state = None
+            if not fits and batch > 1 and (fit := _compile_if_fits(bench, variant, batch // 2, limit)):
+                fits.append(fit)
     if not fits:
         return dict(variant=variant, batch=0, note="batch 1 does not fit")
     cost = compiled.cost_analysis()
@@ -246,6 +267,8 @@ def main() -> None:
     parser.add_argument("--paths", default="video,frames", help="objective paths: video,frames (Dreamix) or video")
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype (weights stay float32)")
     parser.add_argument("--max_batch", type=int, default=0, help="largest batch tried (0: 64, or 2 on CPU)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="first batch tried, halved until the step fits (0: double from 1 up to --max_batch)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory_fraction", type=float, default=0.95,
