@@ -117,6 +117,7 @@ def test_cudnn_choice_rules(monkeypatch):
     assert choose(shape(8, 16), shape(8, 16), shape(8, 16), bias=bias, mask=eye) == "cudnn"  # frames path
     odd_bias = jax.ShapeDtypeStruct((1, 4, 15, 15), jnp.float32)
     assert choose(shape(8, 15), shape(8, 15), shape(8, 15), bias=odd_bias) == "xla"  # odd length with bias
+    assert choose(shape(8, 15), shape(8, 15), shape(8, 15)) == "xla"  # odd length (spatial attention at 3 × 5)
     text_mask = jax.ShapeDtypeStruct((2, 1, 1, 64), bool)
     assert choose(q, shape(2, 64), shape(2, 64), mask=text_mask) == "xla"  # per-example padding mask
     monkeypatch.setenv("DREAMIX_ATTENTION", "xla")

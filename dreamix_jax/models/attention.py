@@ -33,8 +33,8 @@ def choose_implementation(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Ar
     size and has no gradient for a learned bias, which temporal attention has. On a CUDA GPU the
     conditions mirror jax's own cuDNN checks, conservatively, since a failed check there surfaces
     only when the gradient is traced: half-precision q/k/v of one dtype, a head dim that is a
-    multiple of 8 and at most 128 (256 needs Hopper), even lengths when a bias or mask is present
-    (training kernels with a bias), and a bias/mask shared by the batch: cuDNN's bias gradient
+    multiple of 8 and at most 128 (256 needs Hopper), even lengths (jax 0.10 asks it of training
+    kernels with a bias, jax 0.11 of every training kernel), and a bias/mask shared by the batch: cuDNN's bias gradient
     is for a (1, heads, T, S) bias, so a per-example key-padding mask (text) goes to XLA.
     """
     if os.environ.get(_FORCE_ENV, "").lower() == "xla" or not _on_cuda():
@@ -44,9 +44,9 @@ def choose_implementation(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Ar
         return "xla"
     if head_dim % 8 or head_dim > 128:
         return "xla"
+    if q.shape[1] % 2 or k.shape[1] % 2:  # jax 0.11's training kernels take even lengths only
+        return "xla"
     if bias is not None or mask is not None:
-        if q.shape[1] % 2 or k.shape[1] % 2:
-            return "xla"
         if any(a is not None and (a.ndim != 4 or a.shape[0] != 1) for a in (bias, mask)):
             return "xla"
     return "cudnn"
