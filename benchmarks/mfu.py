@@ -26,12 +26,14 @@ The block policies (`dots`, `convs`) are applied by swapping the remat wrapper o
 `dreamix_jax/models/unet3d.py` inside this script: `UNet3DConfig.remat` is all-or-nothing.
 
 On CPU only `--tiny` runs (the tiny cascade's base U-Net): the script is exercised here, the
-paper-scale numbers need an accelerator.
+paper-scale numbers need an accelerator. `--plan` compiles the paper-scale step on any host and
+prints the memory its plan needs per variant and batch (minutes per compile on CPU, no device).
 
   python benchmarks/mfu.py                                  # on a GPU/TPU host
   python benchmarks/mfu.py --variants none,full --max_batch 8
   python benchmarks/mfu.py --variants full --batch 8          # one compile when batch 8 fits
   python benchmarks/mfu.py --tiny --repeats 2               # CPU smoke run
+  python benchmarks/mfu.py --plan 1,4 --out plan.json       # compile-time memory only, on any host
 """
 
 import argparse
@@ -260,6 +262,25 @@ def measure(bench: Bench, variant: str, args, limit: int | None, model_flops_1: 
     return row
 
 
+def plan_memory(bench: Bench, variants: list[str], batches: list[int], out: str) -> None:
+    """Compile-time memory of each variant at each batch, from abstract shapes: what a device must hold."""
+    print(f"{'variant':<7} {'batch':>5} {'planned GiB':>11} {'arguments GiB':>13} {'temporaries GiB':>15} "
+          f"{'compile s':>9}", flush=True)
+    rows = []
+    for variant in variants:
+        for batch in batches:
+            compiled, compile_s = compile_variant(bench, variant, batch)
+            m = compiled.memory_analysis()
+            rows.append(dict(variant=variant, batch=batch, planned_gib=peak_bytes(compiled) / GIB,
+                             argument_gib=m.argument_size_in_bytes / GIB, temp_gib=m.temp_size_in_bytes / GIB,
+                             compile_s=compile_s))
+            r = rows[-1]
+            print(f"{variant:<7} {batch:>5} {r['planned_gib']:>11.1f} {r['argument_gib']:>13.1f} "
+                  f"{r['temp_gib']:>15.1f} {compile_s:>9.0f}", flush=True)
+    meta = dict(params=bench.n_params, backend=jax.default_backend(), jax=jax.__version__, plan_only=True)
+    print(f"wrote {write_json(out, dict(meta=meta, rows=rows))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny cascade's base U-Net (CPU smoke run)")
@@ -269,6 +290,8 @@ def main() -> None:
     parser.add_argument("--max_batch", type=int, default=0, help="largest batch tried (0: 64, or 2 on CPU)")
     parser.add_argument("--batch", type=int, default=0,
                         help="first batch tried, halved until the step fits (0: double from 1 up to --max_batch)")
+    parser.add_argument("--plan", default="", help="comma-separated batches: compile each variant at each "
+                        "and print its planned memory only (no device memory needed; runs on CPU)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory_fraction", type=float, default=0.95,
@@ -280,8 +303,9 @@ def main() -> None:
     if unknown := [v for v in variants if v not in VARIANTS]:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     backend, device = jax.default_backend(), jax.devices()[0]
-    if backend == "cpu" and not args.tiny:
-        sys.exit("The paper-scale step (4.7B parameters) needs an accelerator; on CPU run with --tiny.")
+    if backend == "cpu" and not args.tiny and not args.plan:
+        sys.exit("The paper-scale step (4.7B parameters) needs an accelerator; on CPU run with --tiny, "
+                 "or --plan for its compile-time memory.")
     args.max_batch = args.max_batch or (2 if backend == "cpu" else 64)
 
     cfg, video, text = base_stage(args.tiny, args.dtype)
@@ -297,6 +321,9 @@ def main() -> None:
     if backend == "cpu":
         print("CPU smoke run at the tiny size: the paper-scale numbers need an accelerator "
               "(python benchmarks/mfu.py on a GPU/TPU host).", flush=True)
+    if args.plan:
+        plan_memory(bench, variants, [int(b) for b in args.plan.split(",")], args.out)
+        return
     model_flops_1 = bench.model_flops(1)
     print(f"model FLOPs per example (matmul + conv, forward + backward, no recomputation): "
           f"{model_flops_1 / 1e12:.4f} TFLOP", flush=True)
