@@ -35,13 +35,25 @@ from ml_collections import config_flags
 
 from dreamix_jax import cascade, cli, dreamix, evaluate, pretrained
 from dreamix_jax import workdir as workdir_lib
-from dreamix_jax.data import video_io
+from dreamix_jax.data import synthetic, video_io
 from dreamix_jax.sharding import initialize_distributed, is_lead, make_mesh
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_CLIP = pathlib.Path(__file__).parent / "assets" / "example_clip.mp4"
-EXAMPLE_CAPTION = "a red circle moving right on a gray background"
+# The bundled clip. Its start lets each demo edit's motion stay inside the frame, as every
+# training track does: a large shape moving right starts at x in [0.27, 0.33], one moving up at
+# y in [0.67, 0.73]. From mid-height, "moving up" would leave the frame, and a model true to its
+# data moves the start instead of keeping it.
+EXAMPLE = synthetic.Attributes("red", "circle", "right", "gray", "large", start=(0.30, 0.70),
+                               texture=(0.8, 1.6, 0.0))
+EXAMPLE_CAPTION = EXAMPLE.caption()
+EXAMPLE_FPS = 8.0
+
+
+def write_example_clip(path: str | os.PathLike = EXAMPLE_CLIP) -> None:
+    """Render the bundled clip (16 frames of 64 × 64) and write it to `path`."""
+    video_io.write_video(path, synthetic.render(EXAMPLE, 16, 64, 64), EXAMPLE_FPS)
 VARIANTS = ("video", "image", "subject")
 
 

@@ -66,3 +66,22 @@ def test_detector_on_images_and_empty_clips():
     assert empty.shape == "none" and empty.background == "black" and empty.coverage == 0.0
     with pytest.raises(ValueError, match=r"Expected a clip \(T, H, W, 3\)"):
         evaluate.detect(np.zeros((16, 16, 3)))
+
+
+def test_bundled_clip_is_the_example_and_admits_every_demo_edit():
+    """The bundled clip decodes to `edit.EXAMPLE`, and its start lies on a training track for each demo motion."""
+    from dreamix_jax import demo, edit
+    from dreamix_jax.data import video_io
+
+    clip, fps = video_io.read_frames(edit.EXAMPLE_CLIP)
+    assert clip.shape == (16, 64, 64, 3) and fps == edit.EXAMPLE_FPS
+    assert np.abs(clip - synthetic.render(edit.EXAMPLE, 16, 64, 64)).mean() < 0.03  # H.264 at crf 12
+    found = evaluate.detect(clip)
+    assert {k: getattr(found, k) for k in ("color", "shape", "direction", "background")} == \
+        synthetic.parse_caption(edit.EXAMPLE_CAPTION)
+    assert np.allclose(found.start, edit.EXAMPLE.start, atol=0.02)
+    for prompt in demo.PROMPTS:
+        moved = dataclasses.replace(edit.EXAMPLE, direction=synthetic.parse_caption(prompt)["direction"])
+        track = moved.track(16)
+        margin = synthetic.SIZES[moved.size] + 0.04
+        assert np.all(track >= margin - 1e-9) and np.all(track <= 1 - margin + 1e-9), prompt
