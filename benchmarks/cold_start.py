@@ -1,10 +1,12 @@
 r"""Cold and warm start of the demo: wall time per phase, and XLA compiles and seconds per program.
 
-Runs the demo (`python -m dreamix_jax.demo`) in fresh processes, each with a fresh workdir (so it
-finetunes again and encodes its prompts again):
+Runs the demo (`python -m dreamix_jax.demo`) in fresh processes, cold and warm each with a fresh
+workdir (so it finetunes again and encodes its prompts again):
 
 - cold: an empty compilation cache folder (`$DREAMIX_COMPILATION_CACHE` pointed at `<workdir>/xla_cache`);
-- warm: the folder the cold run filled.
+- warm: the folder the cold run filled;
+- again: the same command once more on the run before's workdir, as a user's second run is: it
+  reuses the stored finetune and the cached programs.
 
 Inside each run, JAX's monitoring events give every backend compile (program name, seconds,
 persistent-cache hit or not, cache key) and the seconds spent tracing and lowering each program;
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results_io import write_json  # noqa: E402
 
-RUNS = ("cold", "warm")
+RUNS = ("cold", "warm", "again")
 TOP_PROGRAMS = 20  # rows of the program table
 FOLDING_WARNING = "Constant folding an instruction is taking"
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -162,10 +164,11 @@ def child(workdir: str, report: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def launch(name: str, root: pathlib.Path, cache: pathlib.Path) -> dict[str, Any]:
-    """One demo run in a fresh process with a fresh workdir; its record with the process wall time."""
-    workdir, report, log_path = root / name, root / f"{name}.json", root / f"{name}.stderr.log"
-    shutil.rmtree(workdir, ignore_errors=True)
+def launch(name: str, root: pathlib.Path, cache: pathlib.Path, workdir: pathlib.Path) -> dict[str, Any]:
+    """One demo run in a fresh process; its record with the process wall time. `again` keeps `workdir`."""
+    report, log_path = root / f"{name}.json", root / f"{name}.stderr.log"
+    if name != "again":
+        shutil.rmtree(workdir, ignore_errors=True)
     env = dict(os.environ, DREAMIX_COMPILATION_CACHE=str(cache),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # it would win over the folder this benchmark manages
@@ -273,15 +276,17 @@ def print_tables(records: dict[str, dict[str, Any]]) -> None:
               f"compiled twice: {r['compiled_twice'] or 'none'}; constant-folding warnings: {r['folding_warnings']}; "
               f"cache entries after: {r['cache_entries']}; "
               f"load average {r['load_before']:.1f} → {r['load_after']:.1f}")
-    if {"cold", "warm"} <= set(records):
-        print(f"warm / cold: {records['warm']['process_seconds'] / records['cold']['process_seconds']:.2f}")
+    for n in ("warm", "again"):
+        if {"cold", n} <= set(records):
+            print(f"{n} / cold: {records[n]['process_seconds'] / records['cold']['process_seconds']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/dreamix_cold_start",
                         help="Holds the compilation cache, each run's demo workdir, record and stderr.")
-    parser.add_argument("--runs", default="cold,warm", help="Comma-separated, in order: cold and/or warm.")
+    parser.add_argument("--runs", default="cold,warm,again",
+                        help="Comma-separated, in order, from cold, warm and again (not first).")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cold_start.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run the demo here, write this record
     args = parser.parse_args()
@@ -289,17 +294,18 @@ def main() -> None:
         child(args.workdir, args.child)
         return
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    if not runs or any(r not in RUNS for r in runs):
+    if not runs or any(r not in RUNS for r in runs) or runs[0] == "again":
         raise SystemExit(f"--runs is {args.runs!r}; give a comma-separated list of {RUNS}.")
     root = pathlib.Path(args.workdir).absolute()
     cache = root / "xla_cache"
     root.mkdir(parents=True, exist_ok=True)
-    records = {}
+    records, workdir = {}, None
     for name in runs:
         if name == "cold":
             shutil.rmtree(cache, ignore_errors=True)
+        workdir = workdir if name == "again" else root / name
         print(f"running the demo {name} ...", flush=True)
-        records[name] = launch(name, root, cache)
+        records[name] = launch(name, root, cache, workdir)
     print_tables(records)
     meta = dict(cpus=os.cpu_count(), python=sys.version.split()[0], jax=importlib.metadata.version("jax"), runs=runs,
                 note="Timings on a shared host: see each run's load average.")
