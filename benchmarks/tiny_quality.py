@@ -45,10 +45,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--base-only", action="store_true",
                         help="sample and score the base stage alone (a quick check of a training run)")
+    parser.add_argument("--cond-aug", type=float, default=None,
+                        help="sample every SR stage at this conditioning-augmentation time instead of its own")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "tiny_quality.json"))
     args = parser.parse_args()
 
     model = pretrained.load(args.weights)
+    if args.cond_aug is not None:
+        model = dataclasses.replace(model, stages=[model.stages[0]] + [
+            dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:]])
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
@@ -86,7 +91,7 @@ def main() -> None:
     for name, agree in agreement.items():
         print(f"{'after ' + name:<24}" + "".join(f"{agree[a]:>12.1%}" for a in ATTRIBUTES))
     write_json(args.out, dict(
-        weights=args.weights, training_steps=model.meta.get("steps"), samples=len(pairs), accuracy=table, bar=BAR,
+        weights=args.weights, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"), samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,
                                                 background=d.background))
