@@ -1,5 +1,6 @@
 """The `shapes_video` TFDS dataset (ArrayRecord, no TensorFlow) and its grain loader."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -57,8 +58,10 @@ def test_loader_decodes_tokenizes_and_resumes(data_dir):
                                       tokenizer=ByteTokenizer(), max_length=64)
     it = iter(make())
     batch = next(it)
-    assert batch["video"].dtype == np.float32 and batch["video"].shape == (4, 2, 16, 16, 3)
-    assert -1.0 <= batch["video"].min() and batch["video"].max() <= 1.0
+    assert batch["video"].dtype == np.uint8 and batch["video"].shape == (4, 2, 16, 16, 3)
+    unit = loader.to_unit(batch["video"])
+    assert unit.dtype == np.float32 and -1.0 <= unit.min() and unit.max() <= 1.0
+    np.testing.assert_allclose(loader.to_unit(jnp.asarray(batch["video"])), unit, atol=1e-6)  # as the step does
     assert batch["caption_ids"].shape == (4, 64) and batch["caption_mask"].sum(1).tolist() == [
         len(c.encode()) + 1 for c in batch["caption"]]
     assert batch["image_caption_mask"].sum() < batch["caption_mask"].sum()  # no motion words
