@@ -79,6 +79,17 @@ def parse_caption(caption: str) -> dict[str, str] | None:
     return dict(color=color, shape=shape, direction=direction, background=background)
 
 
+def _margin(size: str) -> float:
+    """Least distance of a track from the frame's edges: the shape's half-extent and a little more."""
+    return SIZES[size] + 0.04
+
+
+def track_fits(attrs: Attributes, frames: int = 16) -> bool:
+    """Whether the whole track keeps the margin every sampled clip keeps: a start that admits its motion."""
+    margin, track = _margin(attrs.size), attrs.track(frames)
+    return bool(np.all(track >= margin - 1e-9) and np.all(track <= 1.0 - margin + 1e-9))
+
+
 def sample_attributes(seed: int, *, held_out: bool | None = False) -> Attributes:
     """Attributes drawn from `seed`: held_out=False avoids the held-out pairs, True draws only them, None either."""
     rng = np.random.default_rng(seed)
@@ -89,7 +100,7 @@ def sample_attributes(seed: int, *, held_out: bool | None = False) -> Attributes
     direction, background = str(rng.choice(DIRECTIONS)), str(rng.choice(list(BACKGROUNDS)))
     size = str(rng.choice(list(SIZES)))
     # Keep the whole track inside the frame, with a margin of the shape's size.
-    margin = SIZES[size] + 0.04
+    margin = _margin(size)
     dx, dy = _VELOCITY[direction]
     lo = [margin + (TRAVEL if d < 0 else 0.0) for d in (dx, dy)]
     hi = [1.0 - margin - (TRAVEL if d > 0 else 0.0) for d in (dx, dy)]
