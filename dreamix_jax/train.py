@@ -180,7 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     source = shapes_video.source(data_dir, config.data.split, config.data.config)
     data = loader_lib.make_loader(source, batch_size=per_process, seed=config.seed, tokenizer=tokenizer,
                                   max_length=text_cfg.max_length)
-    data_iter = iter(data)
+    data_iter = loader_lib.Lookahead(iter(data))
 
     # ---- Model and optimizer --------------------------------------------------------------------
     t5_cfg = T5Config.from_config(text_cfg.model)
@@ -259,6 +259,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             if compiled is None:
                 compiled, flops_per_step = _compiled(make_step, out_shardings, args)
             params, opt_state, ema, out = compiled(*args)
+            if step + 1 < config.total_steps:
+                data_iter.prefetch()  # on the host while the device runs this step (`float` below waits)
             loss = float(out["loss"])
             if not np.isfinite(loss):
                 raise FloatingPointError(

@@ -72,3 +72,20 @@ def test_loader_decodes_tokenizes_and_resumes(data_dir):
     assert [next(resumed)["seed"].tolist() for _ in range(3)] == expected
     with pytest.raises(ValueError, match="cannot fill a batch of 16 on each of 2 processes"):
         loader.make_loader(source, batch_size=16, seed=0, shard_index=0, shard_count=2)
+
+
+def test_lookahead_hands_out_the_same_batches_and_states(data_dir):
+    source = shapes_video.source(data_dir, "train", "smoke")
+    make = lambda: iter(loader.make_loader(source, batch_size=2, seed=5, shard_index=0, shard_count=1))  # noqa: E731
+    plain, ahead = make(), loader.Lookahead(make())
+    for _ in range(3):
+        state = plain.get_state()
+        assert ahead.get_state() == state
+        ahead.prefetch()
+        assert ahead.get_state() == state  # a checkpoint taken now resumes at the buffered batch
+        assert next(ahead)["seed"].tolist() == next(plain)["seed"].tolist()
+    ahead.prefetch()
+    resumed = loader.Lookahead(make())
+    resumed.set_state(ahead.get_state())
+    assert next(resumed)["seed"].tolist() == next(ahead)["seed"].tolist() == next(plain)["seed"].tolist()
+

@@ -83,3 +83,40 @@ def make_loader(
     operations = [Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0,
                             shard_options=grain.sharding.NoSharding())  # the sampler picks this process's rows
+
+
+class Lookahead:
+    """A loader iterator that can read its next batch early, while the device runs the last step.
+
+    `prefetch()` reads the next batch into a buffer; `next()` hands it out. The state (what a
+    checkpoint stores) is always that of the batches handed out, so a run resumed from it reads the
+    buffered batch again, as an uninterrupted run does.
+    """
+
+    def __init__(self, iterator):
+        self._iterator, self._buffer, self._state = iterator, None, None
+
+    def prefetch(self) -> None:
+        if self._buffer is None:
+            self._state = self._iterator.get_state()
+            self._buffer = next(self._iterator)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._buffer is None:
+            return next(self._iterator)
+        batch, self._buffer = self._buffer, None
+        return batch
+
+    def get_state(self):
+        return self._iterator.get_state() if self._buffer is None else self._state
+
+    def set_state(self, state) -> None:
+        self._buffer = None
+        self._iterator.set_state(state)
+
+    def start_prefetch(self) -> None:  # grain's checkpoint handler calls it after `set_state`
+        self._iterator.start_prefetch()
+
