@@ -46,7 +46,11 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
         config.cascade.stages.base.unet.update(channels=(16, 32), attention_levels=(1,),
                                                temporal_attention_levels=(1,))
 
-    config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train")
+    config.data = dict(name="shapes_video", config="smoke" if arg.smoke else "tiny", data_dir="", split="train",
+                       # Loader processes. 0 decodes in the training process, where the batches do not
+                       # depend on the process count; an accelerator outruns that (one H200 took 220
+                       # clips/s from it), so there give it a few per core to spare.
+                       workers=0)
     # Sized for 2 CPU cores: the base stage gets most of the compute; SR stages mostly learn to
     # sharpen their conditioning video and converge quickly.
     batch, steps, crop = _BUDGET[arg.variant]

@@ -179,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     data_dir = config.data.data_dir or str(workdir_path.parent / "tfds")
     source = shapes_video.source(data_dir, config.data.split, config.data.config)
     data = loader_lib.make_loader(source, batch_size=per_process, seed=config.seed, tokenizer=tokenizer,
-                                  max_length=text_cfg.max_length)
+                                  max_length=text_cfg.max_length, workers=config.data.get("workers", 0))
     data_iter = loader_lib.Lookahead(iter(data))
 
     # ---- Model and optimizer --------------------------------------------------------------------

@@ -89,3 +89,24 @@ def test_lookahead_hands_out_the_same_batches_and_states(data_dir):
     resumed.set_state(ahead.get_state())
     assert next(resumed)["seed"].tolist() == next(ahead)["seed"].tolist() == next(plain)["seed"].tolist()
 
+
+def test_loader_workers_are_deterministic_resumable_and_cover_the_epoch(data_dir):
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags (train.py parses them)
+        flags.FLAGS.mark_as_parsed()
+    source = shapes_video.source(data_dir, "train", "smoke")
+    make = lambda workers, epochs=None: iter(loader.make_loader(  # noqa: E731
+        source, batch_size=2, seed=1, num_epochs=epochs, shard_index=0, shard_count=1, workers=workers))
+    seeds = lambda it, n: [next(it)["seed"].tolist() for _ in range(n)]  # noqa: E731
+    epoch = [s for b in make(2, epochs=1) for s in b["seed"].tolist()]
+    assert sorted(epoch) == sorted(s for b in make(0, epochs=1) for s in b["seed"].tolist()) and len(epoch) == 16
+    first = make(2)
+    head = seeds(first, 3)
+    state = first.get_state()
+    rest = seeds(first, 3)
+    assert seeds(make(2), 6) == head + rest
+    resumed = make(2)
+    resumed.set_state(state)
+    assert seeds(resumed, 3) == rest
+

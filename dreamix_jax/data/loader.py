@@ -65,12 +65,16 @@ def make_loader(
     shard_count: int | None = None,
     tokenizer: Tokenizer | None = None,
     max_length: int = 0,
+    workers: int = 0,
 ) -> grain.DataLoader:
     """A loader over `source` yielding this process's batches of `batch_size` examples.
 
     Process i of n (default: this JAX process) reads only rows [i·b, (i+1)·b) of each global batch
     of n·b examples, whose order is fixed by `seed` alone: the global batches are the same on any
     number of processes, and a run restarted with the same seed and iterator state sees the same data.
+    `workers` > 0 decodes in that many processes, each batching every workers-th of those rows: the
+    batches then depend on the worker count too (fixed by it, and resumable), while each epoch still
+    reads every row once.
     """
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
@@ -81,7 +85,7 @@ def make_loader(
                                                num_epochs=num_epochs, shard_options=grain.sharding.NoSharding())
     sampler = RowsOfGlobalBatches(global_order, shard_index, shard_count, batch_size)
     operations = [Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
-    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=0,
+    return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=workers,
                             shard_options=grain.sharding.NoSharding())  # the sampler picks this process's rows
 
 
