@@ -318,7 +318,7 @@ def main() -> None:
           f"({backend}), peak bf16 {f'{peak:g} TFLOP/s' if peak else 'unknown'}, memory limit "
           f"{f'{limit / GIB:.1f} GiB' if limit else 'none (batch capped at --max_batch)'}"
           + (f"; note: {args.note}" if args.note else ""), flush=True)
-    if backend == "cpu":
+    if backend == "cpu" and not args.plan:
         print("CPU smoke run at the tiny size: the paper-scale numbers need an accelerator "
               "(python benchmarks/mfu.py on a GPU/TPU host).", flush=True)
     if args.plan:
