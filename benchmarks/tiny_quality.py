@@ -52,8 +52,8 @@ def main() -> None:
 
     model = pretrained.load(args.weights)
     if args.cond_aug is not None:
-        model = dataclasses.replace(model, stages=[model.stages[0]] + [
-            dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:]])
+        model = dataclasses.replace(model, stages=(model.stages[0], *(
+            dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:])))
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
@@ -91,7 +91,8 @@ def main() -> None:
     for name, agree in agreement.items():
         print(f"{'after ' + name:<24}" + "".join(f"{agree[a]:>12.1%}" for a in ATTRIBUTES))
     write_json(args.out, dict(
-        weights=args.weights, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"), samples=len(pairs), accuracy=table, bar=BAR,
+        weights=args.weights, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"),
+        samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,
                                                 background=d.background))

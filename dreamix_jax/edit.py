@@ -54,6 +54,8 @@ EXAMPLE_FPS = 8.0
 def write_example_clip(path: str | os.PathLike = EXAMPLE_CLIP) -> None:
     """Render the bundled clip (16 frames of 64 × 64) and write it to `path`."""
     video_io.write_video(path, synthetic.render(EXAMPLE, 16, 64, 64), EXAMPLE_FPS)
+
+
 VARIANTS = ("video", "image", "subject")
 
 

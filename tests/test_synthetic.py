@@ -82,5 +82,6 @@ def test_bundled_clip_is_the_example_and_admits_every_demo_edit():
         synthetic.parse_caption(edit.EXAMPLE_CAPTION)
     assert np.allclose(found.start, edit.EXAMPLE.start, atol=0.02)
     for prompt in demo.PROMPTS:
-        assert synthetic.track_fits(dataclasses.replace(edit.EXAMPLE, direction=synthetic.parse_caption(prompt)["direction"]))
+        direction = synthetic.parse_caption(prompt)["direction"]
+        assert synthetic.track_fits(dataclasses.replace(edit.EXAMPLE, direction=direction)), prompt
     assert not synthetic.track_fits(dataclasses.replace(edit.EXAMPLE, direction="down"))

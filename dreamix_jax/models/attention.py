@@ -34,8 +34,9 @@ def choose_implementation(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Ar
     conditions mirror jax's own cuDNN checks, conservatively, since a failed check there surfaces
     only when the gradient is traced: half-precision q/k/v of one dtype, a head dim that is a
     multiple of 8 and at most 128 (256 needs Hopper), even lengths (jax 0.10 asks it of training
-    kernels with a bias, jax 0.11 of every training kernel), and a bias/mask shared by the batch: cuDNN's bias gradient
-    is for a (1, heads, T, S) bias, so a per-example key-padding mask (text) goes to XLA.
+    kernels with a bias, jax 0.11 of every training kernel), and a bias/mask shared by the batch:
+    cuDNN's bias gradient is for a (1, heads, T, S) bias, so a per-example key-padding mask (text)
+    goes to XLA.
     """
     if os.environ.get(_FORCE_ENV, "").lower() == "xla" or not _on_cuda():
         return "xla"
