@@ -317,7 +317,8 @@ def main() -> None:
           f"video {video}, text {text}, {args.dtype} compute, paths {bench.paths}; device {device.device_kind} "
           f"({backend}), peak bf16 {f'{peak:g} TFLOP/s' if peak else 'unknown'}, memory limit "
           f"{f'{limit / GIB:.1f} GiB' if limit else 'none (batch capped at --max_batch)'}"
-          + (f"; note: {args.note}" if args.note else ""), flush=True)
+          + (f"; note: {args.note}" if args.note else "")
+          + (f"; XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""), flush=True)
     if backend == "cpu" and not args.plan:
         print("CPU smoke run at the tiny size: the paper-scale numbers need an accelerator "
               "(python benchmarks/mfu.py on a GPU/TPU host).", flush=True)
@@ -351,7 +352,7 @@ def main() -> None:
                 text=list(text), dtype=args.dtype, paths=list(bench.paths), backend=backend,
                 device=device.device_kind, peak_bf16_tflops=peak, memory_limit_gib=limit / GIB if limit else None,
                 model_tflop_per_example=model_flops_1 / 1e12, jax=jax.__version__, cpu_count=os.cpu_count(),
-                repeats=args.repeats, note=args.note,
+                repeats=args.repeats, note=args.note, xla_flags=os.environ.get("XLA_FLAGS", ""),
                 remat_policies="dots/convs applied by swapping unet3d._apply_block_remat in this script")
     print(f"wrote {write_json(args.out, dict(meta=meta, rows=rows))}")
 
