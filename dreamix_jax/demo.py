@@ -15,19 +15,13 @@ from absl import flags
 from configs import dreamix as dreamix_configs
 from dreamix_jax import cli, edit
 
-PROMPTS = (
-    "a green circle moving right on a gray background",  # appearance
-    "a red circle moving up on a gray background",  # motion
-    "a red circle moving right on a white background",  # background
-)
-
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dreamix_demo", "Where the finetune and the edits are written.")
 
 
 def run(workdir: str) -> list[dict]:
     """The demo's edits, written under `workdir`."""
     config = dreamix_configs.get_config("video")
-    config.prompt = ";".join(PROMPTS)
+    config.prompt = ";".join(edit.EXAMPLE_EDITS)
     return edit.run(config, workdir)
 
 

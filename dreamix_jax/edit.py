@@ -49,6 +49,12 @@ EXAMPLE = synthetic.Attributes("red", "circle", "right", "gray", "large", start=
                                texture=(0.8, 1.6, 0.0))
 EXAMPLE_CAPTION = EXAMPLE.caption()
 EXAMPLE_FPS = 8.0
+# The demo's edits of the bundled clip: appearance, motion and background.
+EXAMPLE_EDITS = (
+    "a green circle moving right on a gray background",
+    "a red circle moving up on a gray background",
+    "a red circle moving right on a white background",
+)
 
 
 def write_example_clip(path: str | os.PathLike = EXAMPLE_CLIP) -> None:

@@ -66,6 +66,18 @@ def test_trial_lists_are_checked_before_any_compute(shipped):
         sweep.trials_of(config, shipped.stages)
 
 
+
+def test_demo_sweep_brackets_the_demo_defaults(shipped):
+    """The `demo` sweep edits the demo's three prompts, and its grid holds the demo's own settings."""
+    config = shapes_edit.get_config("demo")
+    trials = sweep.trials_of(config, shipped.stages)
+    assert len(trials) == 36 and len({t.finetune for t in trials}) == 4
+    assert {t.request.prompt for t in trials} == set(edit.EXAMPLE_EDITS)
+    assert {t.finetune.stages for t in trials} == {("base",)}
+    demo = edit.finetune_settings(config.edit)
+    assert any(t.finetune.lr == demo.lr and t.finetune.steps == demo.steps and t.request.s == config.edit.s
+               for t in trials)
+
 # ---- scores ----------------------------------------------------------------------------------------
 
 

@@ -71,7 +71,7 @@ def test_detector_on_images_and_empty_clips():
 
 def test_bundled_clip_is_the_example_and_admits_every_demo_edit():
     """The bundled clip decodes to `edit.EXAMPLE`, and its start lies on a training track for each demo motion."""
-    from dreamix_jax import demo, edit
+    from dreamix_jax import edit
     from dreamix_jax.data import video_io
 
     clip, fps = video_io.read_frames(edit.EXAMPLE_CLIP)
@@ -81,7 +81,7 @@ def test_bundled_clip_is_the_example_and_admits_every_demo_edit():
     assert {k: getattr(found, k) for k in ("color", "shape", "direction", "background")} == \
         synthetic.parse_caption(edit.EXAMPLE_CAPTION)
     assert np.allclose(found.start, edit.EXAMPLE.start, atol=0.02)
-    for prompt in demo.PROMPTS:
+    for prompt in edit.EXAMPLE_EDITS:
         direction = synthetic.parse_caption(prompt)["direction"]
         assert synthetic.track_fits(dataclasses.replace(edit.EXAMPLE, direction=direction)), prompt
     assert not synthetic.track_fits(dataclasses.replace(edit.EXAMPLE, direction="down"))

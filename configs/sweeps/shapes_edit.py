@@ -5,10 +5,15 @@ every edit (alignment against the prompt, fidelity to the clip's size and start 
 
   default  α ∈ {0, 1} (video-only, mixed) × {20, 40} finetuning steps, then s ∈ {0.5, 0.7, 0.9}
            × 2 seeds × 2 prompts: 4 finetunes from 2 runs, 48 edits in batches of 12.
+  demo     the demo's defaults: lr ∈ {2e-4, 1e-3} × {40, 100} finetuning steps of the base stage
+           (where the layout is decided; seconds per finetune), then s ∈ {0.85, 0.9, 0.95} × the
+           demo's three edits: 4 finetunes, 36 edits, one finetune at a time (on one CPU device
+           stacked finetunes are slower than sequential ones).
   smoke    the base stage finetuned for 1 and 2 steps (one run), 2 values of s, one prompt,
            4 base sampling steps: what the tests run.
 
   python -m dreamix_jax.sweep --config configs/sweeps/shapes_edit.py --workdir /tmp/sweep
+  python -m dreamix_jax.sweep --config configs/sweeps/shapes_edit.py:demo --workdir /tmp/sweep_demo
   python -m dreamix_jax.sweep --config configs/sweeps/shapes_edit.py:smoke --workdir /tmp/sweep_smoke \
       --config.batch_size=4
 """
@@ -17,13 +22,14 @@ import ml_collections
 
 from configs import common
 from configs import dreamix as dreamix_configs
+from dreamix_jax import edit
 
 
 def get_config(arg: str | None = "default") -> ml_collections.ConfigDict:
-    """The sweep; `arg` is "default" or "smoke"."""
+    """The sweep; `arg` is "default", "demo" or "smoke"."""
     arg = common.parse_arg(arg, variant="default")
-    if arg.variant not in ("default", "smoke"):
-        raise ValueError(f"Unknown sweep variant {arg.variant!r}; choose 'default' or 'smoke'.")
+    if arg.variant not in ("default", "demo", "smoke"):
+        raise ValueError(f"Unknown sweep variant {arg.variant!r}; choose 'default', 'demo' or 'smoke'.")
     config = ml_collections.ConfigDict()
     config.edit = dreamix_configs.get_config("video")  # input "" is the bundled example clip
     config.mode = "grid"  # "grid": every combination of each section's lists; "list": paired up
@@ -43,6 +49,13 @@ def get_config(arg: str | None = "default") -> ml_collections.ConfigDict:
         config.edit.sampling_steps = 4
         config.finetune = dict(steps=(1, 2))
         config.sample = dict(s=(0.5, 0.9), prompt=("a blue circle moving right on a gray background",))
+        return config
+    if arg.variant == "demo":
+        config.edit.finetune.stages = "base"
+        config.batch_size = 9
+        config.trials_per_program = 1
+        config.finetune = dict(lr=(2e-4, 1e-3), steps=(40, 100))
+        config.sample = dict(s=(0.85, 0.9, 0.95), prompt=edit.EXAMPLE_EDITS)
         return config
     config.finetune = dict(alpha=(0.0, 1.0), steps=(20, 40))  # lr, w_video, seed also sweepable
     config.sample = dict(s=(0.5, 0.7, 0.9), seed=(0, 1),  # guidance also sweepable
