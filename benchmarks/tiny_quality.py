@@ -5,7 +5,9 @@ pairs never seen in training) from pure noise through the whole cascade, reads e
 output back with `evaluate.detect`, and reports the share of clips whose colour, shape,
 direction and background match the caption. Every stage's own output, enlarged to the final size,
 is read too: its accuracy, and its agreement with the base stage's reading (what the
-super-resolution stages keep of what the base made). Prints tables and writes JSON.
+super-resolution stages keep of what the base made). Per captioned shape it reports how
+the output reads it and the bounding-box fill each stage draws, which the detector reads shape
+from. Prints tables and writes JSON.
 
   python benchmarks/tiny_quality.py          # table + benchmarks/results/tiny_quality.json
 """
@@ -90,10 +92,23 @@ def main() -> None:
     print(f"\n{'agreement with the base':<24}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
     for name, agree in agreement.items():
         print(f"{'after ' + name:<24}" + "".join(f"{agree[a]:>12.1%}" for a in ATTRIBUTES))
+    # Per captioned shape: how the output reads it, and the bounding-box fill each stage draws (the
+    # detector reads a square from a fill of evaluate.FILL_SQUARE or more, a triangle below FILL_TRIANGLE).
+    by_shape = {}
+    for shape in synthetic.SHAPES:
+        idx = [i for i, t in enumerate(truths) if t.shape == shape]
+        by_shape[shape] = dict(
+            clips=len(idx), read_as={s: sum(detections[i].shape == s for i in idx) for s in synthetic.SHAPES},
+            median_fill={name: float(np.median([found[i].fill for i in idx])) for name, found in by_stage.items()})
+    print(f"\n{'captioned shape':<16}{'clips':>6}  {'read as (output)':<36}" + "".join(
+        f"{'fill ' + name:>11}" for name in by_stage))
+    for shape, row in by_shape.items():
+        read = ", ".join(f"{s} {n}" for s, n in row["read_as"].items() if n)
+        print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
     write_json(args.out, dict(
         weights=args.weights, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
-        meets_bar=met, agreement_with_base=agreement, seconds=round(time.perf_counter() - start, 1),
+        meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,
                                                 background=d.background))
                   for (c, _), d in zip(pairs, detections, strict=True)],

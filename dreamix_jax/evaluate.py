@@ -15,6 +15,9 @@ import numpy as np
 
 from dreamix_jax.data import synthetic
 
+# Bounding-box fill thresholds between the shapes (true renders: triangle about 0.5, circle π/4,
+# square 1).
+FILL_TRIANGLE, FILL_SQUARE = 0.64, 0.9
 MASK_DISTANCE = 0.25  # RGB distance (in [0, 1] units) from the background that counts as shape
 STILL_FRACTION = 1 / 3  # a displacement under this fraction of the travel reads as standing still
 # Area of each shape in units of its half-extent squared (see synthetic._signed_distance).
@@ -33,6 +36,7 @@ class Detection:
     start: tuple[float, float]  # centre in the first frame, fractions of width/height
     radius: float  # half-extent, fraction of the frame height
     coverage: float  # fraction of frames in which a shape was found
+    fill: float  # median share of its bounding box the shape covers; the shape is read from it
 
 
 def _nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
@@ -63,10 +67,10 @@ def detect(video: np.ndarray) -> Detection:
         areas.append(len(xs) / height**2)
     if not centres:
         return Detection("none", "none", "none", _nearest(background_rgb, synthetic.BACKGROUNDS), "none",
-                         (float("nan"), float("nan")), 0.0, 0.0)
+                         (float("nan"), float("nan")), 0.0, 0.0, 0.0)
 
     fill = float(np.median(fills))
-    shape = "triangle" if fill < 0.64 else "circle" if fill < 0.9 else "square"
+    shape = "triangle" if fill < FILL_TRIANGLE else "circle" if fill < FILL_SQUARE else "square"
     displacement = np.asarray(centres[-1]) - np.asarray(centres[0])
     axis = int(np.argmax(np.abs(displacement)))
     if np.abs(displacement[axis]) < STILL_FRACTION * synthetic.TRAVEL:
@@ -78,7 +82,8 @@ def detect(video: np.ndarray) -> Detection:
     return Detection(
         color=_nearest(color_rgb, synthetic.COLORS), shape=shape, direction=direction,
         background=_nearest(background_rgb, synthetic.BACKGROUNDS), size=size,
-        start=(float(centres[0][0]), float(centres[0][1])), radius=radius, coverage=len(centres) / frames)
+        start=(float(centres[0][0]), float(centres[0][1])), radius=radius, coverage=len(centres) / frames,
+        fill=fill)
 
 
 def attribute_accuracy(detections: list[Detection], truths: list[synthetic.Attributes]) -> dict[str, float]:
