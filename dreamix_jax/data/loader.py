@@ -123,4 +123,3 @@ class Lookahead:
 
     def start_prefetch(self) -> None:  # grain's checkpoint handler calls it after `set_state`
         self._iterator.start_prefetch()
-
