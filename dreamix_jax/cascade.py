@@ -69,6 +69,7 @@ class Stage:
     eta: float = 0.0  # DDIM stochasticity
     cond_aug: float = 0.0  # conditioning-augmentation time at sampling, in [0, 1]
     train_cond_aug: float = 0.5  # training draws the level from U(0, train_cond_aug)
+    train_cond_blur: float = 0.0  # pretraining blurs the previous stage's frames by σ ~ U(0, this) of its pixels
     chunk: int = 0  # frames per sampling chunk; 0 samples all frames at once
     finetune: bool = False  # whether Dreamix finetunes this stage
     temporal_up: str = "nearest"  # how TSR conditioning gets its frames
@@ -206,20 +207,46 @@ def downsample_condition(video: jax.Array, stage: Stage) -> jax.Array:
 
 
 def training_pair(video: jax.Array, stage: Stage, crop: tuple[int, int] | None = None,
-                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+                  key: jax.Array | None = None, blur: float = 0.0) -> tuple[jax.Array, jax.Array | None]:
     """Any clip → this stage's target (`degrade` to the stage's size) and, for SR stages, its upsampled condition.
 
     `crop` = (frames, pixels) cuts the same random window (per example, from `key`) out of target and
     condition after the pair is made, so an SR stage learns its local job from examples many times
     cheaper than whole clips; windows start on the stage's upsampling grid, as whole clips do.
+    `blur` > 0 softens the condition at the previous stage's size by a Gaussian of σ ~ U(0, blur)
+    of its pixels (per example, from `key`), as a previous stage that draws soft edges would.
     """
     target = degrade(video, stage)
     if not stage.is_sr:
         return target, None
-    cond = upsample_condition(downsample_condition(target, stage), stage)
+    if (crop or blur) and key is None:
+        raise ValueError("A training crop or blur is drawn at random: pass a key.")
+    crop_key, blur_key = jax.random.split(key) if key is not None else (None, None)
+    previous = downsample_condition(target, stage)
+    if blur:
+        previous = blur_space(previous, jax.random.uniform(blur_key, previous.shape[:1], maxval=blur), blur)
+    cond = upsample_condition(previous, stage)
     if crop is None:
         return target, cond
-    return random_window((target, cond), crop, _window_grid(stage), key)
+    return random_window((target, cond), crop, _window_grid(stage), crop_key)
+
+
+def blur_space(video: jax.Array, sigma: jax.Array, max_sigma: float) -> jax.Array:
+    """Gaussian blur of every frame, σ pixels per example (edges held); σ = 0 passes the video through."""
+    radius = max(1, int(np.ceil(3 * max_sigma)))
+    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    # σ is floored far below a pixel, where every tap but the centre's weighs exactly 0 in float32.
+    weights = jnp.exp(-0.5 * (offsets / jnp.maximum(sigma, 1e-3)[:, None]) ** 2)
+    weights = weights / weights.sum(-1, keepdims=True)  # (B, taps)
+    video = video.astype(jnp.float32)
+    for axis in (2, 3):  # rows, then columns: the 2-D Gaussian is separable
+        size = video.shape[axis]
+        pad = [(0, 0)] * video.ndim
+        pad[axis] = (radius, radius)
+        padded = jnp.pad(video, pad, mode="edge")
+        taps = jnp.stack([jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(2 * radius + 1)], -1)
+        video = jnp.einsum("bthwck,bk->bthwc", taps, weights)
+    return video
 
 
 def _window_grid(stage: Stage) -> tuple[int, int, int]:

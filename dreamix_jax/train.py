@@ -321,8 +321,8 @@ def _optimizer_init(optimizer_settings: tuple) -> Callable:
 def _train_step(params, opt_state, ema, rest, raw, key, weights, peak_lr, step, *, graphdef, optimizer_settings, stage,
                 crop, paths, schedule, text_dropout, warmup, total, lr_schedule, ema_decay, frames_examples, time_power):
     """One optimisation step on a raw batch (uint8 clips at any size and tokenised captions)."""
-    crop_key = jax.random.fold_in(key, 1) if crop else None
-    video, cond = cascade.training_pair(loader_lib.to_unit(raw["video"]), stage, crop, crop_key)
+    video, cond = cascade.training_pair(loader_lib.to_unit(raw["video"]), stage, crop, jax.random.fold_in(key, 1),
+                                        blur=stage.train_cond_blur)
     drop_key, step_key = jax.random.split(key)
     batch = dict(video=video, text=raw["caption_ids"], text_mask=drop_text(raw["caption_mask"], drop_key, text_dropout),
                  frames_text=raw["image_caption_ids"],

@@ -155,6 +155,34 @@ def test_training_crops_are_aligned_windows_of_the_whole_pair(tiny):
         cascade.training_pair(clips, stages[3], (4, 128), jax.random.key(0))
 
 
+def test_blur_space_is_a_gaussian_of_each_examples_sigma():
+    video = np.zeros((3, 2, 21, 21, 1), np.float32)
+    video[:, :, 10, 10] = 1.0  # one bright pixel, far from the edges
+    out = np.asarray(cascade.blur_space(jnp.asarray(video), jnp.array([0.0, 0.6, 1.5]), 1.5))
+    np.testing.assert_array_equal(out[0], video[0])  # σ = 0: bit for bit
+    offsets = np.arange(21) - 10
+    for i, sigma in ((1, 0.6), (2, 1.5)):
+        frame = out[i, 0, :, :, 0]
+        assert frame.sum() == pytest.approx(1.0, abs=1e-5)
+        variance = (frame.sum(1) * offsets ** 2).sum()  # along rows; the kernel is cut at 3σ
+        assert variance == pytest.approx(sigma ** 2, rel=0.03)
+        np.testing.assert_allclose(frame, frame.T, atol=1e-7)  # the same blur along both axes
+        np.testing.assert_array_equal(out[i, 1], out[i, 0])  # every frame alike
+
+
+def test_training_blur_softens_the_condition_only(tiny):
+    tsr = tiny[0][1]
+    stripes = np.where(np.arange(64) // 8 % 2, 1.0, -1.0).astype(np.float32)  # hard edges every 8 columns
+    clips = jnp.broadcast_to(jnp.asarray(stripes)[None, None, None, :, None], (8, 16, 64, 64, 3))
+    target, cond = cascade.training_pair(clips, tsr)
+    blur_target, blur_cond = cascade.training_pair(clips, tsr, key=jax.random.key(0), blur=2.0)
+    np.testing.assert_array_equal(np.asarray(blur_target), np.asarray(target))
+    steepness = lambda v: float((jnp.diff(v, axis=3) ** 2).mean())  # noqa: E731
+    assert steepness(blur_cond) < 0.8 * steepness(cond)
+    with pytest.raises(ValueError, match="pass a key"):
+        cascade.training_pair(clips, tsr, blur=1.0)
+
+
 @pytest.mark.parametrize("shape", [(37, 50, 90), (3, 8, 8), (16, 120, 40), (8, 16, 16)])
 def test_degrade_matches_the_base_stage(tiny, shape):
     base = tiny[0][0]
