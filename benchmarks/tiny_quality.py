@@ -10,6 +10,7 @@ the output reads it and the bounding-box fill each stage draws, which the detect
 from. Prints tables and writes JSON.
 
   python benchmarks/tiny_quality.py          # table + benchmarks/results/tiny_quality.json
+  python benchmarks/tiny_quality.py --from-true   # the SR stages alone, fed the true clips at the base size
 """
 
 import argparse
@@ -49,8 +50,14 @@ def main() -> None:
                         help="sample and score the base stage alone (a quick check of a training run)")
     parser.add_argument("--cond-aug", type=float, default=None,
                         help="sample every SR stage at this conditioning-augmentation time instead of its own")
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "tiny_quality.json"))
+    parser.add_argument("--from-true", action="store_true",
+                        help="feed the SR stages each caption's true clip at the base size instead of a base sample")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/tiny_quality[_from_true].json)")
     args = parser.parse_args()
+    if args.from_true and args.base_only:
+        parser.error("--from-true samples the SR stages only; --base-only the base stage only: choose one.")
+    results = pathlib.Path(__file__).parent / "results"
+    args.out = args.out or str(results / ("tiny_quality_from_true.json" if args.from_true else "tiny_quality.json"))
 
     model = pretrained.load(args.weights)
     if args.cond_aug is not None:
@@ -67,8 +74,12 @@ def main() -> None:
         chunk = pairs[first:first + args.batch]
         text, mask = model.text([caption for caption, _ in chunk])
         keys = jnp.stack([jax.random.key(first + i) for i in range(len(chunk))])  # the seeds `edit` would use
+        true = None
+        if args.from_true:
+            clips = np.stack([synthetic.render(a, final.frames, final.height, final.width) for _, a in chunk])
+            true = cascade.degrade(jnp.asarray(clips), model.base)
         videos = cascade.sample_cascade(model.unets, model.stages, jnp.asarray(text), jnp.asarray(mask), keys,
-                                        schedule=model.schedule)
+                                        schedule=model.schedule, base_video=true)
         for stage, video in zip(model.stages, videos, strict=True):
             enlarged = cascade.resize_space(cascade.resample_time(video, final.frames), final.height, final.width)
             by_stage[stage.name] += [evaluate.detect(v) for v in np.asarray(jnp.clip(enlarged, -1.0, 1.0))]
@@ -78,7 +89,8 @@ def main() -> None:
     half = len(pairs) // 2
     groups = {"all": slice(None), "seen pairs": slice(0, half), "held-out pairs": slice(half, None)}
     table = {name: evaluate.attribute_accuracy(detections[s], truths[s]) for name, s in groups.items()}
-    table["base stage alone (all)"] = evaluate.attribute_accuracy(base_detections, truths)
+    base_row = "true clips, base size" if args.from_true else "base stage alone (all)"
+    table[base_row] = evaluate.attribute_accuracy(base_detections, truths)
     # Agreement of each stage's reading with the base stage's: what the SR stages keep.
     agreement = {name: {a: float(np.mean([getattr(d, a) == getattr(b, a) for d, b in zip(found, base_detections)]))
                         for a in ATTRIBUTES} for name, found in by_stage.items() if name != model.base.name}
@@ -106,7 +118,7 @@ def main() -> None:
         read = ", ".join(f"{s} {n}" for s, n in row["read_as"].items() if n)
         print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
     write_json(args.out, dict(
-        weights=args.weights, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"),
+        weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,

@@ -444,20 +444,28 @@ def sample_cascade(
     schedule: Schedule = Schedule(),
     seconds: dict[str, float] | None = None,
     trials: Mesh | None = None,
+    base_video: jax.Array | None = None,
 ) -> list[jax.Array]:
     """Run every stage in turn; returns each stage's video (the last is the cascade's output).
 
     `x_start`/`s` start the base stage from a noised video; `guidance` overrides the base stage's
     weight (SR stages keep their own). Given a `seconds` dict, each stage is waited for and its
     wall time recorded there. Given `trials`, every model holds K stacked copies and the batch K
-    row groups (`sample_stage`).
+    row groups (`sample_stage`). Given `base_video`, it stands in for the base stage's output (the
+    base stage is not sampled), so the SR stages can be judged on inputs of known content.
     """
     if len(models) != len(stages):
         raise ValueError(f"{len(models)} models were given for {len(stages)} stages.")
+    if base_video is not None and tuple(base_video.shape[1:4]) != stages[0].shape:
+        raise ValueError(f"base_video is {tuple(base_video.shape[1:4])} (frames, height, width); the base stage "
+                         f"makes {stages[0].shape}.")
     keys = example_keys(key, text.shape[0])
     videos: list[jax.Array] = []
     for i, (model, stage) in enumerate(zip(models, stages, strict=True)):
         base, start = stage.kind == "base", time.perf_counter()
+        if base and base_video is not None:
+            videos.append(jnp.asarray(base_video, jnp.float32))
+            continue
         videos.append(sample_stage(
             model, stage, text, text_mask, _fold(keys, 100 + i), previous=videos[-1] if videos else None,
             x_start=x_start if base else None, s=s if base else None, guidance=guidance if base else None,

@@ -58,6 +58,15 @@ def edited(tiny, text):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_a_given_base_video_feeds_the_sr_stages_as_a_sampled_one_does(tiny, text, edited):
+    stages, models = tiny
+    given = cascade.sample_cascade(models, stages, *text, jax.random.key(0), base_video=edited[0])
+    for ours, theirs in zip(given, edited, strict=True):  # same keys, same input: the same SR samples
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    with pytest.raises(ValueError, match="the base stage makes"):
+        cascade.sample_cascade(models, stages, *text, jax.random.key(0), base_video=edited[1])
+
+
 def test_tiny_cascade_shapes_and_fps(tiny, edited):
     stages, _ = tiny
     assert [s.kind for s in stages] == ["base", "tsr", "ssr", "ssr"]
