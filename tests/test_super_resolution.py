@@ -1,7 +1,8 @@
 """The shipped SR stages keep what the stage before them made: given a true clip at the base stage's
 size, the cascade's output reads as the same colour, direction and background. Shape is not kept
-reliably yet (89 % agreement over 64 samples in benchmarks/tiny_quality.py; this blue square comes
-out round), so it is not asserted here."""
+reliably yet (81–89 % agreement with the base stage's samples over 64 captions in
+benchmarks/tiny_quality.py, 77–98 % with true clips in its --from-true run), so it is not
+asserted here."""
 
 import jax
 import jax.numpy as jnp
