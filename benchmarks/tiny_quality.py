@@ -118,7 +118,8 @@ def main() -> None:
         read = ", ".join(f"{s} {n}" for s, n in row["read_as"].items() if n)
         print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
     write_json(args.out, dict(
-        weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]], training_steps=model.meta.get("steps"),
+        weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]],
+        training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,
