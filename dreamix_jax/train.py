@@ -141,8 +141,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError("time_power and frames_share must be above 0.")
     if not config.w_video and not config.alpha:
         raise ValueError("Both w_video and alpha are 0: there is nothing to train.")
-    if tuple(config.get("train_crop") or ()) and not stages[config.stage].is_sr:
+    crop = tuple(config.get("train_crop") or ())
+    if crop and not stages[config.stage].is_sr:
         raise ValueError("train_crop applies to SR stages only; the base stage learns from whole clips.")
+    if crop and (len(crop) != 2 or not all(isinstance(n, int) and n > 0 for n in crop)):
+        raise ValueError(f"train_crop is {crop!r}; give (frames, pixels), two positive integers, or () for whole clips.")
     if config.lr_schedule not in LR_SCHEDULES:  # checked without JAX: distributed runs initialise it later
         raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; use one of {LR_SCHEDULES}.")
 

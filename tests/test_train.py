@@ -190,6 +190,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 def test_training_crops_are_for_sr_stages_only(data_dir, tmp_path):
     with pytest.raises(ValueError, match="train_crop applies to SR stages only"):
         train.train(smoke_config(data_dir, train_crop=(2, 8)), str(tmp_path / "crop"))
+    sr = pretrain_shapes.get_config("ssr1,smoke")
+    for crop in [(4, 16, 16), (4, 0)]:
+        sr.train_crop = crop
+        with pytest.raises(ValueError, match=r"give \(frames, pixels\), two positive integers"):
+            train.check_config(sr)
 
 
 def test_a_workdir_url_other_than_gcs_is_refused_before_any_work(data_dir):
