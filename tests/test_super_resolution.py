@@ -1,7 +1,7 @@
 """The shipped SR stages keep what the stage before them made: given a true clip at the base stage's
 size, the cascade's output reads as the same colour, direction and background. Shape is not kept
-reliably yet (81–89 % agreement with the base stage's samples over 64 captions in
-benchmarks/tiny_quality.py, 77–98 % with true clips in its --from-true run), so it is not
+reliably yet (86–92 % agreement with the base stage's samples over 64 captions in
+benchmarks/tiny_quality.py, 81–98 % with true clips in its --from-true run), so it is not
 asserted here."""
 
 import jax
