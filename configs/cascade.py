@@ -58,7 +58,7 @@ def get_config(arg: str | None = "tiny") -> ml_collections.ConfigDict:
         # sample without conditioning augmentation: trained on conditioning noised up to t = 0.2, they
         # rounded the corners of even true clips' squares (tsr, whose even frames are its conditioning
         # frames, included), and the cascade read shape in 51.6 % of its samples against 62.5 % without
-        # (README, "Why shape is capped"). Blurring the conditioning in training (`train_cond_blur`:
+        # (README, "Why shape was capped"). Blurring the conditioning in training (`train_cond_blur`:
         # σ up to 1 or 2 input pixels) did not help either, so it is off too.
         sr = dict(cond_aug=0.0, train_cond_aug=0.0, train_cond_blur=0.0)
         order, stages = _chain(
