@@ -50,7 +50,10 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
                        # Loader processes. 0 decodes in the training process, where the batches do not
                        # depend on the process count; an accelerator outruns that (one H200 took 220
                        # clips/s from it), so there give it a few per core to spare.
-                       workers=0)
+                       workers=0,
+                       # Share of clips whose shape is painted a random colour, captioned with its nearest
+                       # palette name and never a held-out pair (shapes_video.Recolor).
+                       recolor=0.0)
     # Sized for 2 CPU cores: the base stage gets most of the compute; SR stages mostly learn to
     # sharpen their conditioning video and converge quickly.
     batch, steps, crop = _BUDGET[arg.variant]

@@ -39,12 +39,6 @@ class Detection:
     fill: float  # median share of its bounding box the shape covers; the shape is read from it
 
 
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
-    names = list(palette)
-    distances = np.linalg.norm(np.asarray([palette[n] for n in names]) - rgb, axis=1)
-    return names[int(np.argmin(distances))]
-
-
 def detect(video: np.ndarray) -> Detection:
     """Attributes of a clip (T, H, W, 3) in [-1, 1]."""
     video = (np.asarray(video, np.float32) + 1.0) / 2.0
@@ -66,7 +60,7 @@ def detect(video: np.ndarray) -> Detection:
         fills.append(len(xs) / box)
         areas.append(len(xs) / height**2)
     if not centres:
-        return Detection("none", "none", "none", _nearest(background_rgb, synthetic.BACKGROUNDS), "none",
+        return Detection("none", "none", "none", synthetic.nearest(background_rgb, synthetic.BACKGROUNDS), "none",
                          (float("nan"), float("nan")), 0.0, 0.0, 0.0)
 
     fill = float(np.median(fills))
@@ -80,8 +74,8 @@ def detect(video: np.ndarray) -> Detection:
     radius = float(np.sqrt(np.median(areas) / _AREA[shape]))
     size = min(synthetic.SIZES, key=lambda name: abs(synthetic.SIZES[name] - radius))
     return Detection(
-        color=_nearest(color_rgb, synthetic.COLORS), shape=shape, direction=direction,
-        background=_nearest(background_rgb, synthetic.BACKGROUNDS), size=size,
+        color=synthetic.nearest(color_rgb, synthetic.COLORS), shape=shape, direction=direction,
+        background=synthetic.nearest(background_rgb, synthetic.BACKGROUNDS), size=size,
         start=(float(centres[0][0]), float(centres[0][1])), radius=radius, coverage=len(centres) / frames,
         fill=fill)
 

@@ -181,8 +181,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     tokenizer = make_tokenizer(text_cfg.tokenizer)
     data_dir = config.data.data_dir or str(workdir_path.parent / "tfds")
     source = shapes_video.source(data_dir, config.data.split, config.data.config)
+    recolor = config.data.get("recolor", 0.0)  # share of clips whose shape is painted a random colour
     data = loader_lib.make_loader(source, batch_size=per_process, seed=config.seed, tokenizer=tokenizer,
-                                  max_length=text_cfg.max_length, workers=config.data.get("workers", 0))
+                                  max_length=text_cfg.max_length, workers=config.data.get("workers", 0),
+                                  augment=[shapes_video.Recolor(recolor)] if recolor else [])
     data_iter = loader_lib.Lookahead(iter(data))
 
     # ---- Model and optimizer --------------------------------------------------------------------

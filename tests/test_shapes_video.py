@@ -1,5 +1,7 @@
 """The `shapes_video` TFDS dataset (ArrayRecord, no TensorFlow) and its grain loader."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -29,6 +31,34 @@ def test_records_are_the_rendered_clips(data_dir):
     assert len(held) == 4 and all(held[i]["held_out"] for i in range(len(held)))
     test_seeds = {int(r["seed"]) for r in (shapes_video.source(data_dir, "test", "smoke")[i] for i in range(4))}
     assert test_seeds.isdisjoint(int(train[i]["seed"]) for i in range(16))
+
+
+def test_recolor_repaints_a_share_of_records_and_captions_them(data_dir):
+    train = shapes_video.source(data_dir, "train", "smoke")
+    rng = np.random.default_rng(0)
+    records = [train[i] for i in range(len(train))]
+    assert all(shapes_video.Recolor(0.0).random_map(r, rng) is r for r in records)
+    changed = 0
+    for record in records:
+        out = shapes_video.Recolor(1.0).random_map(record, rng)
+        attrs = dataclasses.replace(synthetic.sample_attributes(int(record["seed"])), color=out["color"])
+        assert out["caption"] == attrs.caption() and out["image_caption"] == attrs.caption(video=False)
+        assert not out["held_out"] and out["shape"] == record["shape"].decode()
+        assert out["video"].dtype == np.uint8 and out["video"].shape == record["video"].shape
+        changed += int(np.abs(out["video"].astype(int) - record["video"]).max() > 20)
+    assert changed >= len(records) - 2  # a random colour can land near the original
+    # A record its seed does not render (another version of the renderer) fails loudly.
+    with pytest.raises(ValueError, match="build it again"):
+        other = next(r["caption"] for r in records if r["caption"] != records[0]["caption"])
+        shapes_video.Recolor(1.0).random_map(dict(records[0], caption=other), rng)
+    with pytest.raises(ValueError, match="fraction"):
+        shapes_video.Recolor(1.5)
+    # In the loader the share is drawn per record from the sampler's seed: the same on every run.
+    batches = [loader.make_loader(train, batch_size=4, seed=0, num_epochs=1, augment=[shapes_video.Recolor(0.5)])
+               for _ in range(2)]
+    for a, b in zip(*batches, strict=True):
+        np.testing.assert_array_equal(a["video"], b["video"])
+        assert list(a["caption"]) == list(b["caption"])
 
 
 def _seeds(data_dir, **kw):

@@ -39,6 +39,24 @@ def test_held_out_pairs_are_kept_apart():
     assert {(a.color, a.shape) for a in held} == set(synthetic.HELD_OUT)
 
 
+def test_random_colors_stay_visible_and_never_make_a_held_out_pair():
+    rng = np.random.default_rng(0)
+    names = set()
+    for seed in range(200):
+        attrs = synthetic.sample_attributes(seed)
+        recolored, rgb = synthetic.random_color(attrs, rng)
+        names.add(recolored.color)
+        assert recolored.color == synthetic.nearest(rgb, synthetic.COLORS) and not recolored.held_out
+        assert np.linalg.norm(rgb - synthetic.BACKGROUNDS[attrs.background]) >= synthetic.RECOLOR_CONTRAST
+        assert dataclasses.replace(recolored, color=attrs.color) == attrs  # nothing else changes
+    assert names == set(synthetic.COLORS)
+    # The detector reads recoloured clips as their captions say.
+    for seed in range(8):
+        attrs, rgb = synthetic.random_color(synthetic.sample_attributes(seed), rng)
+        found = evaluate.detect(synthetic.render(attrs, 2, 64, 64, rgb))
+        assert (found.color, found.shape) == (attrs.color, attrs.shape)
+
+
 def test_tracks_stay_inside_the_frame():
     for seed in range(200):
         a = synthetic.sample_attributes(seed, held_out=None)

@@ -66,6 +66,7 @@ def make_loader(
     tokenizer: Tokenizer | None = None,
     max_length: int = 0,
     workers: int = 0,
+    augment: Sequence[grain.transforms.Map | grain.transforms.RandomMap] = (),
 ) -> grain.DataLoader:
     """A loader over `source` yielding this process's batches of `batch_size` examples.
 
@@ -74,7 +75,7 @@ def make_loader(
     number of processes, and a run restarted with the same seed and iterator state sees the same data.
     `workers` > 0 decodes in that many processes, each batching every workers-th of those rows: the
     batches then depend on the worker count too (fixed by it, and resumable), while each epoch still
-    reads every row once.
+    reads every row once. `augment` transforms each record before it is decoded.
     """
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
@@ -84,7 +85,7 @@ def make_loader(
     global_order = grain.samplers.IndexSampler(num_records=len(source), shuffle=True, seed=seed,
                                                num_epochs=num_epochs, shard_options=grain.sharding.NoSharding())
     sampler = RowsOfGlobalBatches(global_order, shard_index, shard_count, batch_size)
-    operations = [Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
+    operations = [*augment, Decode(tokenizer, max_length), grain.transforms.Batch(batch_size, drop_remainder=True)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=workers,
                             shard_options=grain.sharding.NoSharding())  # the sampler picks this process's rows
 

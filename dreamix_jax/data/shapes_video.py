@@ -16,6 +16,7 @@ Splits: `train` (no held-out colour–shape pair), `test` (same distribution, ot
 import dataclasses
 import pathlib
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -75,15 +76,41 @@ class ShapesVideo(tfds.core.GeneratorBasedBuilder):
             yield seed, example(attrs, seed, c.frames, c.height, c.width)
 
 
-def example(attrs: synthetic.Attributes, seed: int, frames: int, height: int, width: int) -> dict:
-    """One dataset record: the rendered clip as uint8 and its attributes."""
-    video = synthetic.render(attrs, frames, height, width)
+def example(attrs: synthetic.Attributes, seed: int, frames: int, height: int, width: int,
+            rgb: np.ndarray | None = None) -> dict:
+    """One dataset record: the rendered clip as uint8 and its attributes (`rgb`: see `synthetic.render`)."""
+    video = synthetic.render(attrs, frames, height, width, rgb)
     return {
         "video": np.round((video + 1.0) * 127.5).astype(np.uint8),
         "caption": attrs.caption(), "image_caption": attrs.caption(video=False), "seed": seed,
         "color": attrs.color, "shape": attrs.shape, "direction": attrs.direction, "background": attrs.background,
         "size": attrs.size, "start": np.asarray(attrs.start, np.float32), "held_out": attrs.held_out,
     }
+
+
+class Recolor(grain.transforms.RandomMap):
+    """Paints the shape of a `share` of records a random colour (`synthetic.random_color`), captioned to match.
+
+    The clip is rendered again from its seed, which fixes every attribute of a record. No recoloured
+    clip shows a held-out colour–shape pair, so a stage trained on them has still seen none.
+    """
+
+    def __init__(self, share: float):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"The recoloured share is {share}; give a fraction in [0, 1].")
+        self.share = share
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        if rng.uniform() >= self.share:
+            return record
+        seed = int(record["seed"])
+        attrs = synthetic.sample_attributes(seed, held_out=bool(record["held_out"]))
+        caption = record["caption"].decode() if isinstance(record["caption"], bytes) else record["caption"]
+        if attrs.caption() != caption:
+            raise ValueError(f"Record {seed} reads {caption!r} but its seed renders {attrs.caption()!r}: "
+                             "the dataset was built by another version of data/synthetic.py; build it again.")
+        attrs, rgb = synthetic.random_color(attrs, rng)
+        return dict(record, **example(attrs, seed, *np.shape(record["video"])[:3], rgb))
 
 
 def build(data_dir: str, config: str = "tiny") -> None:

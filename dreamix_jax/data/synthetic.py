@@ -30,6 +30,10 @@ SIZES = {"small": 0.15, "large": 0.23}  # half-extent as a fraction of the frame
 HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "square")})  # (colour, shape)
 TRAVEL = 0.4  # fraction of the frame crossed over a clip
 TEXTURE_DEPTH = 0.18  # brightness modulation of the stripes on the shape
+RECOLOR_CONTRAST = 0.4  # least RGB distance of a random object colour from the background
+# Least margin by which a random colour's nearest palette colour beats the second nearest: nearer
+# the boundary, the textured shape's median colour may read as the other name.
+RECOLOR_MARGIN = 0.05
 
 _VELOCITY = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
 
@@ -79,6 +83,33 @@ def parse_caption(caption: str) -> dict[str, str] | None:
     return dict(color=color, shape=shape, direction=direction, background=background)
 
 
+def nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
+    """The name of the palette colour closest to `rgb` (Euclidean, in [0, 1] units)."""
+    names = list(palette)
+    distances = np.linalg.norm(np.asarray([palette[n] for n in names]) - rgb, axis=1)
+    return names[int(np.argmin(distances))]
+
+
+def random_color(attrs: Attributes, rng: np.random.Generator,
+                 min_contrast: float = RECOLOR_CONTRAST) -> tuple[Attributes, np.ndarray]:
+    """A new object colour drawn uniformly from RGB, and the attributes captioned with its nearest palette name.
+
+    Redrawn are colours within `min_contrast` of the background (the shape must stay visible), within
+    RECOLOR_MARGIN of a boundary between two palette names (the caption must name what the clip
+    shows), and those whose nearest palette name forms a held-out pair with the shape: no recoloured
+    clip shows, or is captioned as, a held-out colour–shape pair.
+    """
+    background = np.asarray(BACKGROUNDS[attrs.background])
+    palette = np.asarray(list(COLORS.values()))
+    while True:
+        rgb = rng.uniform(0.0, 1.0, 3)
+        name = nearest(rgb, COLORS)
+        first, second = np.sort(np.linalg.norm(palette - rgb, axis=1))[:2]
+        if (np.linalg.norm(rgb - background) >= min_contrast and second - first >= RECOLOR_MARGIN
+                and (name, attrs.shape) not in HELD_OUT):
+            return dataclasses.replace(attrs, color=name), rgb.astype(np.float32)
+
+
 def _margin(size: str) -> float:
     """Least distance of a track from the frame's edges: the shape's half-extent and a little more."""
     return SIZES[size] + 0.04
@@ -122,14 +153,17 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.n
     raise ValueError(f"Unknown shape {shape!r}; choose one of {SHAPES}.")
 
 
-def render(attrs: Attributes, frames: int, height: int, width: int) -> np.ndarray:
-    """The clip (frames, height, width, 3) in [-1, 1]; frames=1 gives an image at the start position."""
+def render(attrs: Attributes, frames: int, height: int, width: int, rgb: np.ndarray | None = None) -> np.ndarray:
+    """The clip (frames, height, width, 3) in [-1, 1]; frames=1 gives an image at the start position.
+
+    `rgb` paints the shape in that colour instead of its named one (`random_color`).
+    """
     ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     r = SIZES[attrs.size]
     angle, freq, phase = attrs.texture
     background = np.asarray(BACKGROUNDS[attrs.background], np.float32)
-    color = np.asarray(COLORS[attrs.color], np.float32)
+    color = np.asarray(COLORS[attrs.color] if rgb is None else rgb, np.float32)
     out = np.empty((frames, height, width, 3), np.float32)
     for t, (cx, cy) in enumerate(attrs.track(frames)):
         # Offsets in units of frame height, so shapes are not stretched on wide frames.
