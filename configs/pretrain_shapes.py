@@ -52,7 +52,9 @@ def get_config(arg: str | None = "base") -> ml_collections.ConfigDict:
                        # clips/s from it), so there give it a few per core to spare.
                        workers=0,
                        # Share of clips whose shape is painted a random colour, captioned with its nearest
-                       # palette name and never a held-out pair (shapes_video.Recolor).
+                       # palette name and never a held-out pair (shapes_video.Recolor). 0.5 on ssr1 and
+                       # ssr2 moved the cascade's shape reading within noise (README, "Why shape was
+                       # capped"), so it is off.
                        recolor=0.0)
     # Sized for 2 CPU cores: the base stage gets most of the compute; SR stages mostly learn to
     # sharpen their conditioning video and converge quickly.
