@@ -90,23 +90,23 @@ def nearest(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> 
     return names[int(np.argmin(distances))]
 
 
-def random_color(attrs: Attributes, rng: np.random.Generator,
-                 min_contrast: float = RECOLOR_CONTRAST) -> tuple[Attributes, np.ndarray]:
+def random_color(attrs: Attributes, rng: np.random.Generator) -> tuple[Attributes, np.ndarray]:
     """A new object colour drawn uniformly from RGB, and the attributes captioned with its nearest palette name.
 
-    Redrawn are colours within `min_contrast` of the background (the shape must stay visible), within
-    RECOLOR_MARGIN of a boundary between two palette names (the caption must name what the clip
-    shows), and those whose nearest palette name forms a held-out pair with the shape: no recoloured
-    clip shows, or is captioned as, a held-out colour–shape pair.
+    Redrawn are colours within RECOLOR_CONTRAST of the background (the shape must stay visible),
+    within RECOLOR_MARGIN of a boundary between two palette names (the caption must name what the
+    clip shows), and those whose nearest palette name forms a held-out pair with the shape: no
+    recoloured clip shows, or is captioned as, a held-out colour–shape pair.
     """
     background = np.asarray(BACKGROUNDS[attrs.background])
-    palette = np.asarray(list(COLORS.values()))
+    names, palette = list(COLORS), np.asarray(list(COLORS.values()))
     while True:
         rgb = rng.uniform(0.0, 1.0, 3)
-        name = nearest(rgb, COLORS)
-        first, second = np.sort(np.linalg.norm(palette - rgb, axis=1))[:2]
-        if (np.linalg.norm(rgb - background) >= min_contrast and second - first >= RECOLOR_MARGIN
-                and (name, attrs.shape) not in HELD_OUT):
+        distances = np.linalg.norm(palette - rgb, axis=1)
+        first, second = np.argsort(distances)[:2]
+        name = names[first]
+        if (np.linalg.norm(rgb - background) >= RECOLOR_CONTRAST and (name, attrs.shape) not in HELD_OUT
+                and distances[second] - distances[first] >= RECOLOR_MARGIN):
             return dataclasses.replace(attrs, color=name), rgb.astype(np.float32)
 
 
