@@ -59,6 +59,7 @@ def test_recolor_repaints_a_share_of_records_and_captions_them(data_dir):
     for a, b in zip(*batches, strict=True):
         np.testing.assert_array_equal(a["video"], b["video"])
         assert list(a["caption"]) == list(b["caption"])
+        assert all(isinstance(c, str) for c in a["color"])  # recoloured or not, one type per field
 
 
 def _seeds(data_dir, **kw):

@@ -15,7 +15,9 @@ def to_unit(video):
 
 
 class Decode(grain.transforms.Map):
-    """Text fields → str and, given a tokenizer, `<field>_ids` / `<field>_mask`; the clip stays uint8.
+    """Every bytes field → str and, given a tokenizer, `<field>_ids` / `<field>_mask` of the text
+    fields; the clip stays uint8. (Augmentations before it may already have written str fields: a
+    batch then still holds one type per field.)
 
     Converting clips to float32 here cost a quarter of the loader's time and 4× the bytes to copy to
     the device, where `to_unit` does it inside the step.
@@ -26,11 +28,8 @@ class Decode(grain.transforms.Map):
         self.tokenizer, self.max_length, self.text_fields = tokenizer, max_length, tuple(text_fields)
 
     def map(self, record: dict) -> dict:
-        out = dict(record)
+        out = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in record.items()}
         out["video"] = np.asarray(record["video"], np.uint8)
-        for field in self.text_fields:
-            if field in out and isinstance(out[field], bytes):
-                out[field] = out[field].decode("utf-8")
         if self.tokenizer is not None:
             for field in self.text_fields:
                 ids, mask = tokenize(self.tokenizer, [out[field]], self.max_length)
