@@ -41,6 +41,17 @@ def captions(count: int) -> list[tuple[str, synthetic.Attributes]]:
     return [(a.caption(), a) for a in seen + held]
 
 
+def _stage_steps(spec: str, names: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
+    """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32}; a bad entry is a usage error."""
+    steps = {}
+    for item in spec.split(","):
+        name, _, count = item.partition("=")
+        if name not in names or not count.isdigit() or int(count) < 1:
+            parser.error(f"--steps takes STAGE=N entries with N ≥ 1 and STAGE one of {names}; got {item!r}.")
+        steps[name] = int(count)
+    return steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(pretrained.SHIPPED))
@@ -50,6 +61,8 @@ def main() -> None:
                         help="sample and score the base stage alone (a quick check of a training run)")
     parser.add_argument("--cond-aug", type=float, default=None,
                         help="sample every SR stage at this conditioning-augmentation time instead of its own")
+    parser.add_argument("--steps", default=None, metavar="STAGE=N,...",
+                        help="sample these stages with N DDIM steps instead of their own, e.g. ssr1=32,ssr2=32")
     parser.add_argument("--from-true", action="store_true",
                         help="feed the SR stages each caption's true clip at the base size instead of a base sample")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/tiny_quality[_from_true].json)")
@@ -63,6 +76,10 @@ def main() -> None:
     if args.cond_aug is not None:
         model = dataclasses.replace(model, stages=(model.stages[0], *(
             dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:])))
+    if args.steps:
+        steps = _stage_steps(args.steps, [s.name for s in model.stages], parser)
+        model = dataclasses.replace(model, stages=tuple(
+            dataclasses.replace(s, steps=steps.get(s.name, s.steps)) for s in model.stages))
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
@@ -119,6 +136,7 @@ def main() -> None:
         print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
     write_json(args.out, dict(
         weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]],
+        steps={s.name: s.steps for s in model.stages},
         training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
