@@ -18,14 +18,12 @@ import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from results_io import write_json  # noqa: E402
-from tiny_quality import captions  # noqa: E402
-from dreamix_jax import cascade, evaluate, pretrained  # noqa: E402
+from tiny_quality import captions, read_stages  # noqa: E402
+from dreamix_jax import pretrained  # noqa: E402
 from dreamix_jax.data import synthetic  # noqa: E402
 
 
@@ -47,18 +45,9 @@ def main() -> None:
         geometry = [a for a in held if (a.color, a.shape) == (color, shape)][:args.clips]
         for paint in synthetic.COLORS:
             attrs = [dataclasses.replace(a, color=paint) for a in geometry]
-            clips = np.stack([synthetic.render(a, final.frames, final.height, final.width) for a in attrs])
-            text, mask = model.text([a.caption() for a in attrs])
-            keys = jnp.stack([jax.random.key(i) for i in range(len(attrs))])
-            videos = cascade.sample_cascade(model.unets, model.stages, jnp.asarray(text), jnp.asarray(mask), keys,
-                                            schedule=model.schedule,
-                                            base_video=cascade.degrade(jnp.asarray(clips), model.base))
-            kept, fill = {}, {}
-            for stage, video in zip(model.stages, videos, strict=True):
-                enlarged = cascade.resize_space(cascade.resample_time(video, final.frames), final.height, final.width)
-                found = [evaluate.detect(v) for v in np.asarray(jnp.clip(enlarged, -1.0, 1.0))]
-                kept[stage.name] = sum(d.shape == shape for d in found)
-                fill[stage.name] = float(np.median([d.fill for d in found]))
+            found = read_stages(model, final, attrs, 0, from_true=True)
+            kept = {name: sum(d.shape == shape for d in stage) for name, stage in found.items()}
+            fill = {name: float(np.median([d.fill for d in stage])) for name, stage in found.items()}
             rows.append(dict(shape=shape, color=paint, held_out=(paint, shape) in synthetic.HELD_OUT,
                              clips=len(attrs), kept=kept, median_fill=fill))
             print(f"{shape} in {paint}: {kept[final.name]}/{len(attrs)} kept ({time.perf_counter() - start:.0f} s)",

@@ -41,6 +41,26 @@ def captions(count: int) -> list[tuple[str, synthetic.Attributes]]:
     return [(a.caption(), a) for a in seen + held]
 
 
+def read_stages(model: pretrained.Cascade, final: cascade.Stage, attrs: list[synthetic.Attributes], first_seed: int,
+                *, from_true: bool) -> dict[str, list[evaluate.Detection]]:
+    """Sample the cascade on the attributes' captions (seeds first_seed, first_seed + 1, ...; those `edit`
+    would use) and read every stage's output, enlarged to `final`'s size. `from_true` feeds the SR
+    stages each caption's rendered clip at the base size instead of a base sample."""
+    text, mask = model.text([a.caption() for a in attrs])
+    keys = jnp.stack([jax.random.key(first_seed + i) for i in range(len(attrs))])
+    true = None
+    if from_true:
+        clips = np.stack([synthetic.render(a, final.frames, final.height, final.width) for a in attrs])
+        true = cascade.degrade(jnp.asarray(clips), model.base)
+    videos = cascade.sample_cascade(model.unets, model.stages, jnp.asarray(text), jnp.asarray(mask), keys,
+                                    schedule=model.schedule, base_video=true)
+    found = {}
+    for stage, video in zip(model.stages, videos, strict=True):
+        enlarged = cascade.resize_space(cascade.resample_time(video, final.frames), final.height, final.width)
+        found[stage.name] = [evaluate.detect(v) for v in np.asarray(jnp.clip(enlarged, -1.0, 1.0))]
+    return found
+
+
 def _stage_steps(spec: str, names: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
     """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32}; a bad entry is a usage error."""
     steps = {}
@@ -88,18 +108,10 @@ def main() -> None:
     by_stage: dict[str, list[evaluate.Detection]] = {s.name: [] for s in model.stages}
     start = time.perf_counter()
     for first in range(0, len(pairs), args.batch):
-        chunk = pairs[first:first + args.batch]
-        text, mask = model.text([caption for caption, _ in chunk])
-        keys = jnp.stack([jax.random.key(first + i) for i in range(len(chunk))])  # the seeds `edit` would use
-        true = None
-        if args.from_true:
-            clips = np.stack([synthetic.render(a, final.frames, final.height, final.width) for _, a in chunk])
-            true = cascade.degrade(jnp.asarray(clips), model.base)
-        videos = cascade.sample_cascade(model.unets, model.stages, jnp.asarray(text), jnp.asarray(mask), keys,
-                                        schedule=model.schedule, base_video=true)
-        for stage, video in zip(model.stages, videos, strict=True):
-            enlarged = cascade.resize_space(cascade.resample_time(video, final.frames), final.height, final.width)
-            by_stage[stage.name] += [evaluate.detect(v) for v in np.asarray(jnp.clip(enlarged, -1.0, 1.0))]
+        chunk = [a for _, a in pairs[first:first + args.batch]]
+        found = read_stages(model, final, chunk, first, from_true=args.from_true)
+        for name, detections in found.items():
+            by_stage[name] += detections
         print(f"sampled {first + len(chunk)}/{len(pairs)} ({time.perf_counter() - start:.0f} s)", flush=True)
     detections, base_detections = by_stage[model.final.name], by_stage[model.base.name]
     truths = [a for _, a in pairs]
