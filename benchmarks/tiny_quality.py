@@ -61,15 +61,21 @@ def read_stages(model: pretrained.Cascade, final: cascade.Stage, attrs: list[syn
     return found
 
 
-def _stage_steps(spec: str, names: list[str], parser: argparse.ArgumentParser) -> dict[str, int]:
-    """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32}; a bad entry is a usage error."""
-    steps = {}
+def _per_stage(flag: str, spec: str, names: list[str], parser: argparse.ArgumentParser, kind: type,
+               least: float) -> dict[str, int | float]:
+    """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32}; a bad entry (or a value below `least`) is a usage error."""
+    values = {}
     for item in spec.split(","):
-        name, _, count = item.partition("=")
-        if name not in names or not count.isdigit() or int(count) < 1:
-            parser.error(f"--steps takes STAGE=N entries with N ≥ 1 and STAGE one of {names}; got {item!r}.")
-        steps[name] = int(count)
-    return steps
+        name, _, value = item.partition("=")
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if name not in names or number is None or number < least:
+            parser.error(f"{flag} takes STAGE=VALUE entries with VALUE ≥ {least} and STAGE one of {names}; "
+                         f"got {item!r}.")
+        values[name] = number
+    return values
 
 
 def main() -> None:
@@ -83,6 +89,10 @@ def main() -> None:
                         help="sample every SR stage at this conditioning-augmentation time instead of its own")
     parser.add_argument("--steps", default=None, metavar="STAGE=N,...",
                         help="sample these stages with N DDIM steps instead of their own, e.g. ssr1=32,ssr2=32")
+    parser.add_argument("--guidance", default=None, metavar="STAGE=W,...",
+                        help="sample these stages at classifier-free guidance weight W instead of their own, e.g. base=5")
+    parser.add_argument("--eta", default=None, metavar="STAGE=E,...",
+                        help="sample these stages with DDIM stochasticity E instead of their own (0 deterministic)")
     parser.add_argument("--from-true", action="store_true",
                         help="feed the SR stages each caption's true clip at the base size instead of a base sample")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/tiny_quality[_from_true].json)")
@@ -96,10 +106,13 @@ def main() -> None:
     if args.cond_aug is not None:
         model = dataclasses.replace(model, stages=(model.stages[0], *(
             dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:])))
-    if args.steps:
-        steps = _stage_steps(args.steps, [s.name for s in model.stages], parser)
-        model = dataclasses.replace(model, stages=tuple(
-            dataclasses.replace(s, steps=steps.get(s.name, s.steps)) for s in model.stages))
+    names = [s.name for s in model.stages]
+    steps = _per_stage("--steps", args.steps, names, parser, int, 1) if args.steps else {}
+    weights = _per_stage("--guidance", args.guidance, names, parser, float, 0.0) if args.guidance else {}
+    etas = _per_stage("--eta", args.eta, names, parser, float, 0.0) if args.eta else {}
+    model = dataclasses.replace(model, stages=tuple(dataclasses.replace(
+        s, steps=steps.get(s.name, s.steps), guidance=weights.get(s.name, s.guidance), eta=etas.get(s.name, s.eta))
+        for s in model.stages))
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
@@ -148,7 +161,8 @@ def main() -> None:
         print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
     write_json(args.out, dict(
         weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]],
-        steps={s.name: s.steps for s in model.stages},
+        steps={s.name: s.steps for s in model.stages}, guidance={s.name: s.guidance for s in model.stages},
+        eta={s.name: s.eta for s in model.stages},
         training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
         meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
