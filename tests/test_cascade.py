@@ -141,8 +141,9 @@ def test_training_crops_are_aligned_windows_of_the_whole_pair(tiny):
     stages, _ = tiny
     clips = jnp.asarray(smooth_video(6, 16, 64, 64))
     for stage, crop in ((stages[1], (8, 8)), (stages[3], (4, 16))):
-        target, cond = cascade.training_pair(clips, stage)
-        small_target, small_cond = cascade.training_pair(clips, stage, crop, jax.random.key(3))
+        # As NumPy arrays: the search below slices thousands of candidate windows.
+        target, cond = map(np.asarray, cascade.training_pair(clips, stage))
+        small_target, small_cond = map(np.asarray, cascade.training_pair(clips, stage, crop, jax.random.key(3)))
         grid = (stage.frames // stage.in_frames, stage.height // stage.in_height, stage.width // stage.in_width)
         starts = set()
         for i in range(clips.shape[0]):
@@ -154,8 +155,7 @@ def test_training_crops_are_aligned_windows_of_the_whole_pair(tiny):
                        if np.array_equal(target[i, t:t + frames, y:y + pixels, x:x + pixels], small_target[i])]
             assert len(matches) == 1, stage.name
             t, y, x = matches[0]
-            np.testing.assert_array_equal(np.asarray(small_cond[i]),
-                                          np.asarray(cond[i, t:t + frames, y:y + pixels, x:x + pixels]))
+            np.testing.assert_array_equal(small_cond[i], cond[i, t:t + frames, y:y + pixels, x:x + pixels])
             starts.add(matches[0])
         assert len(starts) > 1  # one window per example, not one per batch
     with pytest.raises(ValueError, match="multiple of the stage's upsampling factors"):
