@@ -61,17 +61,18 @@ def read_stages(model: pretrained.Cascade, final: cascade.Stage, attrs: list[syn
     return found
 
 
-def _per_stage(flag: str, spec: str, names: list[str], parser: argparse.ArgumentParser, kind: type,
+def _per_stage(flag: str, spec: str | None, names: list[str], parser: argparse.ArgumentParser, kind: type,
                least: float) -> dict[str, int | float]:
-    """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32}; a bad entry (or a value below `least`) is a usage error."""
+    """'ssr1=32,ssr2=32' → {'ssr1': 32, 'ssr2': 32} (None → {}); a bad entry, or a value below `least`
+    (or NaN), is a usage error."""
     values = {}
-    for item in spec.split(","):
+    for item in spec.split(",") if spec else []:
         name, _, value = item.partition("=")
         try:
             number = kind(value)
         except ValueError:
             number = None
-        if name not in names or number is None or number < least:
+        if name not in names or number is None or not number >= least:
             parser.error(f"{flag} takes STAGE=VALUE entries with VALUE ≥ {least} and STAGE one of {names}; "
                          f"got {item!r}.")
         values[name] = number
@@ -103,16 +104,14 @@ def main() -> None:
     args.out = args.out or str(results / ("tiny_quality_from_true.json" if args.from_true else "tiny_quality.json"))
 
     model = pretrained.load(args.weights)
-    if args.cond_aug is not None:
-        model = dataclasses.replace(model, stages=(model.stages[0], *(
-            dataclasses.replace(s, cond_aug=args.cond_aug) for s in model.stages[1:])))
     names = [s.name for s in model.stages]
-    steps = _per_stage("--steps", args.steps, names, parser, int, 1) if args.steps else {}
-    weights = _per_stage("--guidance", args.guidance, names, parser, float, 0.0) if args.guidance else {}
-    etas = _per_stage("--eta", args.eta, names, parser, float, 0.0) if args.eta else {}
+    steps = _per_stage("--steps", args.steps, names, parser, int, 1)
+    weights = _per_stage("--guidance", args.guidance, names, parser, float, 0.0)
+    etas = _per_stage("--eta", args.eta, names, parser, float, 0.0)
+    aug = lambda s: s.cond_aug if args.cond_aug is None or not s.is_sr else args.cond_aug  # noqa: E731
     model = dataclasses.replace(model, stages=tuple(dataclasses.replace(
-        s, steps=steps.get(s.name, s.steps), guidance=weights.get(s.name, s.guidance), eta=etas.get(s.name, s.eta))
-        for s in model.stages))
+        s, steps=steps.get(s.name, s.steps), guidance=weights.get(s.name, s.guidance), eta=etas.get(s.name, s.eta),
+        cond_aug=aug(s)) for s in model.stages))
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
