@@ -158,13 +158,24 @@ def main() -> None:
     for shape, row in by_shape.items():
         read = ", ".join(f"{s} {n}" for s, n in row["read_as"].items() if n)
         print(f"{shape:<16}{row['clips']:>6}  {read:<36}" + "".join(f"{f:>11.3f}" for f in row["median_fill"].values()))
+    # The same per stage, seen and held-out pairs apart: which stage loses a shape, and for which pairs.
+    kept = {}
+    for shape in synthetic.SHAPES:
+        for group in ("seen pairs", "held-out pairs"):
+            idx = [i for i in range(len(truths))[groups[group]] if truths[i].shape == shape]
+            kept[f"{shape}, {group}"] = {name: [sum(found[i].shape == shape for i in idx), len(idx)]
+                                         for name, found in by_stage.items()}
+    print(f"\n{'read as captioned':<24}" + "".join(f"{name:>9}" for name in by_stage))
+    for row, counts in kept.items():
+        print(f"{row:<24}" + "".join(f"{f'{k}/{n}':>9}" for k, n in counts.values()))
     write_json(args.out, dict(
         weights=args.weights, from_true=args.from_true, cond_aug=[s.cond_aug for s in model.stages[1:]],
         steps={s.name: s.steps for s in model.stages}, guidance={s.name: s.guidance for s in model.stages},
         eta={s.name: s.eta for s in model.stages},
         training_steps=model.meta.get("steps"),
         samples=len(pairs), accuracy=table, bar=BAR,
-        meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, seconds=round(time.perf_counter() - start, 1),
+        meets_bar=met, agreement_with_base=agreement, by_shape=by_shape, kept_by_stage=kept,
+        seconds=round(time.perf_counter() - start, 1),
         examples=[dict(caption=c, detected=dict(color=d.color, shape=d.shape, direction=d.direction,
                                                 background=d.background))
                   for (c, _), d in zip(pairs, detections, strict=True)],

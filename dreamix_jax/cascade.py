@@ -65,7 +65,7 @@ class Stage:
     in_fps: float
     unet: UNet3DConfig
     steps: int = 32  # DDIM steps at sampling
-    guidance: float = 1.0  # classifier-free guidance weight (1: no guidance)
+    guidance: float = 1.0  # classifier-free guidance weight (1: the caption alone; 0: the null caption alone)
     eta: float = 0.0  # DDIM stochasticity
     cond_aug: float = 0.0  # conditioning-augmentation time at sampling, in [0, 1]
     train_cond_aug: float = 0.5  # training draws the level from U(0, train_cond_aug)
@@ -311,13 +311,14 @@ def _fold(keys: jax.Array, i: int) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "schedule", "guided"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_steps", "schedule", "weight"))
 def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, *,
                   null: tuple[jax.Array, jax.Array], num_steps: int, schedule: Schedule,
-                  guided: bool = True) -> jax.Array:
+                  weight: float | None = None) -> jax.Array:
     """DDIM over one chunk of frames; `cond` is None for the base stage. Compiled once per stage and shape.
 
-    `guided=False` runs the conditional pass alone (weight 1) and ignores `guidance`. `null` is the
+    A static `weight` of 1 (0) runs the conditional (unconditional) pass alone and ignores the traced
+    `guidance`; None guides with `guidance`. `null` is the
     unconditional (text, mask), an input rather than built here: as constants, the all-False mask
     made the unconditional pass's masked attention foldable, and XLA spent seconds per compile
     evaluating it.
@@ -329,14 +330,14 @@ def _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond
         context, mask = (text, text_mask) if conditional else (null, null_mask)
         return model(z, logsnr, context, mask, cond=cond, cond_logsnr=cond_logsnr)
 
-    return ddim_sample(guided_denoiser(model_fn, guidance if guided else 1.0), z_start, t_start, keys,
+    return ddim_sample(guided_denoiser(model_fn, guidance if weight is None else weight), z_start, t_start, keys,
                        num_steps=num_steps, eta=eta, schedule=schedule)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "trials", "num_steps", "schedule", "guided"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "trials", "num_steps", "schedule", "weight"))
 def _sample_chunks(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, eta, *,
                    null: tuple[jax.Array, jax.Array], trials: Mesh, num_steps: int, schedule: Schedule,
-                   guided: bool = True) -> jax.Array:
+                   weight: float | None = None) -> jax.Array:
     """`_sample_chunk` for K trials in one program: `state` stacked on a leading trial axis (K copies,
     over the `trials` mesh's trial axis) and the batch in K consecutive row groups, group k sampled
     with copy k. Compiled once per stage and shape."""
@@ -352,7 +353,7 @@ def _sample_chunks(graphdef, state, z_start, t_start, keys, text, text_mask, con
 
     def chunk(state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, null, eta):
         return _sample_chunk(graphdef, state, z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance,
-                             eta, null=null, num_steps=num_steps, schedule=schedule, guided=guided)
+                             eta, null=null, num_steps=num_steps, schedule=schedule, weight=weight)
 
     grouped = map(group, (z_start, t_start, keys, text, text_mask, cond, cond_logsnr, guidance, null))
     out = over_trials(chunk, trials, in_axes=(0,) * 10 + (None,))(state, *grouped, eta)
@@ -413,9 +414,9 @@ def sample_stage(
             raise ValueError(f"Stage {stage.name!r} needs the previous stage's video.")
         cond, cond_logsnr = augment_condition(upsample_condition(previous, stage), stage.cond_aug, aug_keys, schedule)
 
-    # A stage sampled at its own weight of 1 skips the unconditional pass; any given weight is
-    # traced, so a sweep over it shares one program.
-    guided = guidance is not None or stage.guidance != 1.0
+    # A stage sampled at its own weight of 1 (0) runs the conditional (unconditional) pass alone;
+    # any given weight is traced, so a sweep over it shares one program.
+    weight = stage.guidance if guidance is None and stage.guidance in (0.0, 1.0) else None
     guidance = jnp.asarray(stage.guidance if guidance is None else guidance, jnp.float32)
     graphdef, state = nnx.split(model)
     null = null_text(*text.shape)
@@ -427,7 +428,7 @@ def sample_stage(
         outputs.append(sample(
             graphdef, state, z_start[:, frames], t_start, _fold(chunk_keys, i), text, text_mask,
             None if cond is None else cond[:, frames], cond_logsnr, guidance, jnp.float32(stage.eta),
-            null=null, num_steps=stage.steps, schedule=schedule, guided=guided))
+            null=null, num_steps=stage.steps, schedule=schedule, weight=weight))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 

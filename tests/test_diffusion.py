@@ -90,7 +90,7 @@ def test_legacy_uint32_keys_match_typed_keys():
                                       dm.start_from(x, jax.random.wrap_key_data(raw), t_start))
 
 
-def test_guidance_weight_one_skips_the_unconditional_pass():
+def test_guidance_weight_one_or_zero_runs_one_pass():
     calls = []
 
     def model_fn(z, logsnr, conditional):
@@ -100,6 +100,8 @@ def test_guidance_weight_one_skips_the_unconditional_pass():
     z, logsnr = jnp.ones((2, 3)), jnp.zeros(2)
     np.testing.assert_allclose(dm.guided_denoiser(model_fn, 1.0)(z, logsnr), 2.0)
     assert calls == [True]
+    np.testing.assert_allclose(dm.guided_denoiser(model_fn, 0.0)(z, logsnr), 0.5)
+    assert calls == [True, False]
     np.testing.assert_allclose(dm.guided_denoiser(model_fn, 3.0)(z, logsnr), 0.5 + 3.0 * 1.5)
     traced = jax.jit(lambda w: dm.guided_denoiser(model_fn, w)(z, logsnr))
     np.testing.assert_allclose(traced(jnp.array([1.0, 3.0])), [[2.0] * 3, [5.0] * 3])

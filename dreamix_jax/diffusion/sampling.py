@@ -21,11 +21,12 @@ def guided_denoiser(model_fn: Callable[[jax.Array, jax.Array, bool], jax.Array],
     """Classifier-free guidance v = v_u + w (v_c − v_u) over `model_fn(z, logsnr, conditional)`.
 
     `model_fn(..., False)` must use the explicit null text embedding. A Python weight of exactly
-    1 disables guidance statically (no unconditional pass); an array weight, scalar or
+    1 (0) runs the conditional (unconditional) pass alone, statically; an array weight, scalar or
     per-example (B,), is traced and so can be swept without recompiling.
     """
-    if isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0:
-        return lambda z, logsnr: model_fn(z, logsnr, True)
+    if isinstance(guidance_weight, (int, float)) and guidance_weight in (0.0, 1.0):
+        conditional = guidance_weight == 1.0
+        return lambda z, logsnr: model_fn(z, logsnr, conditional)
 
     def denoise(z: jax.Array, logsnr: jax.Array) -> jax.Array:
         v_cond, v_uncond = model_fn(z, logsnr, True), model_fn(z, logsnr, False)
