@@ -31,6 +31,7 @@ from dreamix_jax.diffusion import (
     guided_denoiser,
     noisy,
     per_example,
+    runs_one_pass,
     start_from,
 )
 from dreamix_jax.models.t5 import null_text
@@ -416,7 +417,7 @@ def sample_stage(
 
     # A stage sampled at its own weight of 1 (0) runs the conditional (unconditional) pass alone;
     # any given weight is traced, so a sweep over it shares one program.
-    weight = stage.guidance if guidance is None and stage.guidance in (0.0, 1.0) else None
+    weight = stage.guidance if guidance is None and runs_one_pass(stage.guidance) else None
     guidance = jnp.asarray(stage.guidance if guidance is None else guidance, jnp.float32)
     graphdef, state = nnx.split(model)
     null = null_text(*text.shape)

@@ -103,6 +103,7 @@ def test_guidance_weight_one_or_zero_runs_one_pass():
     np.testing.assert_allclose(dm.guided_denoiser(model_fn, 0.0)(z, logsnr), 0.5)
     assert calls == [True, False]
     np.testing.assert_allclose(dm.guided_denoiser(model_fn, 3.0)(z, logsnr), 0.5 + 3.0 * 1.5)
+    assert [dm.runs_one_pass(w) for w in (1.0, 0, 3.0, jnp.float32(1.0))] == [True, True, False, False]
     traced = jax.jit(lambda w: dm.guided_denoiser(model_fn, w)(z, logsnr))
     np.testing.assert_allclose(traced(jnp.array([1.0, 3.0])), [[2.0] * 3, [5.0] * 3])
 

@@ -16,6 +16,11 @@ from dreamix_jax.diffusion.schedule import Schedule, alpha_sigma
 THRESHOLDING_MODES = ("none", "static", "dynamic")
 
 
+def runs_one_pass(guidance_weight: float | jax.Array) -> bool:
+    """Whether `guided_denoiser` runs one U-Net pass for this weight: a Python 1 (the caption's) or 0 (the null's)."""
+    return isinstance(guidance_weight, (int, float)) and guidance_weight in (0.0, 1.0)
+
+
 def guided_denoiser(model_fn: Callable[[jax.Array, jax.Array, bool], jax.Array],
                     guidance_weight: float | jax.Array) -> Denoiser:
     """Classifier-free guidance v = v_u + w (v_c − v_u) over `model_fn(z, logsnr, conditional)`.
@@ -24,7 +29,7 @@ def guided_denoiser(model_fn: Callable[[jax.Array, jax.Array, bool], jax.Array],
     1 (0) runs the conditional (unconditional) pass alone, statically; an array weight, scalar or
     per-example (B,), is traced and so can be swept without recompiling.
     """
-    if isinstance(guidance_weight, (int, float)) and guidance_weight in (0.0, 1.0):
+    if runs_one_pass(guidance_weight):
         conditional = guidance_weight == 1.0
         return lambda z, logsnr: model_fn(z, logsnr, conditional)
 
