@@ -14,19 +14,10 @@ import subprocess
 import time
 import urllib.request
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-# 8 host devices emulate a pod slice; low XLA optimisation halves compile time of the tiny
-# programs, which dominates this suite on small CPUs. XLA's older CPU fusion emitters (not the newer
-# ones), and one LLVM module per program (not split for threads the workers do not have), halve it
-# once more (the tiny U-Net's train step: 5 s of CPU, not 10).
-os.environ["XLA_FLAGS"] = " ".join([
-    os.environ.get("XLA_FLAGS", ""),
-    "--xla_force_host_platform_device_count=8",
-    "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true",
-    "--xla_cpu_use_fusion_emitters=false",
-    "--xla_cpu_parallel_codegen_split_count=1",
-])
+import emulated_cpu
+
+# 8 host devices emulate a pod slice.
+emulated_cpu.use_cpu_devices(8)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

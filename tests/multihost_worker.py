@@ -5,14 +5,13 @@
 With NUM_PROCESSES 1 it is the single-process reference (no distributed runtime).
 """
 
-import os
 import sys
 
+import emulated_cpu
+
 data_dir, workdir, process_id, num_processes, port, devices = sys.argv[1:7]
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false "
-                           "--xla_cpu_parallel_codegen_split_count=1")
+emulated_cpu.use_cpu_devices(int(devices))
+emulated_cpu.compile_once_per_host()
 
 from configs import pretrain_shapes  # noqa: E402
 from dreamix_jax import train  # noqa: E402

@@ -3,12 +3,12 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+from conftest import CACHE_DIR, _free_port
 
 from dreamix_jax import pretrained
 from dreamix_jax.data import shapes_video
@@ -17,14 +17,8 @@ WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 ROOT = WORKER.parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _start(data_dir, workdir, process_id, num_processes, port, devices):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DREAMIX_COMPILATION_CACHE=CACHE_DIR)
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen([sys.executable, str(WORKER), data_dir, str(workdir), str(process_id),
                              str(num_processes), str(port), str(devices)],
