@@ -1,6 +1,7 @@
 """The `shapes_video` TFDS dataset (ArrayRecord, no TensorFlow) and its grain loader."""
 
 import dataclasses
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -103,6 +104,28 @@ def test_loader_decodes_tokenizes_and_resumes(data_dir):
     assert [next(resumed)["seed"].tolist() for _ in range(3)] == expected
     with pytest.raises(ValueError, match="cannot fill a batch of 16 on each of 2 processes"):
         loader.make_loader(source, batch_size=16, seed=0, shard_index=0, shard_count=2)
+
+
+class CountingSource:
+    """A data source that counts the records read from it."""
+
+    def __init__(self, source):
+        self.source, self.reads = source, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.source[key]
+
+
+def test_loader_reads_at_most_two_batches_ahead(data_dir):
+    source = CountingSource(shapes_video.source(data_dir, "train", "smoke"))
+    batches = iter(loader.make_loader(source, batch_size=2, seed=0, shard_index=0, shard_count=1))
+    next(batches)
+    time.sleep(0.5)  # time for a read-ahead to run (grain's default reads 500 records: 31 epochs of 16)
+    assert 2 <= source.reads <= 3 * 2  # the batch handed out and two ahead
 
 
 def test_lookahead_hands_out_the_same_batches_and_states(data_dir):
