@@ -41,11 +41,25 @@ def reference_output(tiny_config, tiny_model):
     return inputs, np.asarray(apply_unet(*tiny_model, *inputs))
 
 
-@pytest.mark.parametrize("shape", sorted(EXPECTED))
-def test_sharded_model_layout_and_forward(shape, tiny_config, reference_output):
+# The mesh on which the model is built by `create_sharded` (its sharded random initialiser compiles for
+# ~12 s a mesh); on the others the single-device model is placed by the same rules (`state_shardings`).
+BUILT_ON = (1, 2, 4)
+
+
+def _laid_out(shape, tiny_config, tiny_model) -> nnx.Module:
+    """The tiny U-Net at its seeded initialisation, laid out on the mesh `shape`."""
     mesh = sharding.make_mesh(shape)
-    cfg = UNet3DConfig.from_config(tiny_config.model)
-    model = sharding.create_sharded(lambda: UNet3D(cfg, rngs=nnx.Rngs(0)), mesh)
+    if shape == BUILT_ON:
+        cfg = UNet3DConfig.from_config(tiny_config.model)
+        return sharding.create_sharded(lambda: UNet3D(cfg, rngs=nnx.Rngs(0)), mesh)
+    graphdef, state = tiny_model
+    return nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(state, mesh)))
+
+
+@pytest.mark.parametrize("shape", sorted(EXPECTED))
+def test_sharded_model_layout_and_forward(shape, tiny_config, tiny_model, reference_output):
+    mesh = sharding.make_mesh(shape)
+    model = _laid_out(shape, tiny_config, tiny_model)
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
 
     for path, spec in EXPECTED[shape].items():
