@@ -31,14 +31,12 @@ ROOT = WORKER.parents[1]
 
 def _small_base(path: pathlib.Path) -> str:
     """A weights file of one base stage: the smoke training runs' small U-Net (`configs/pretrain_shapes.py`)
-    cut to one level, which attends in space and time and reads the text, at its seeded initialisation,
-    every weight perturbed so that the zero-initialised layers act too, and the shipped text encoder. The
-    test compares processes with each other, not edits with their prompt, and its processes compile the
-    finetune and sampling programs, whose compile time grows with the U-Net's layers (the shipped base's
-    made this the suite's slowest test; the smoke U-Net's two levels took 17 % longer than one)."""
+    at its seeded initialisation, every weight perturbed so that the zero-initialised layers act too, and
+    the shipped text encoder. The test compares processes with each other, not edits with their prompt,
+    and its processes compile the finetune and sampling programs, whose compile time grows with the
+    U-Net's layers (the shipped base's made this the suite's slowest test)."""
     arrays, meta = pretrained.read_file(pretrained.SHIPPED)
     stage = pretrain_shapes.get_config("base,smoke").cascade.stages.base.to_dict()
-    stage["unet"].update(channels=(16,), attention_levels=(0,), temporal_attention_levels=(0,))
     unet = UNet3D(UNet3DConfig.from_config(stage["unet"]), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     weights = {name: value + 0.1 * rng.standard_normal(value.shape).astype(value.dtype) for name, value in
