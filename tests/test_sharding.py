@@ -46,10 +46,9 @@ def reference_output(tiny_config, tiny_model):
 BUILT_ON = (1, 2, 4)
 
 
-def _laid_out(shape, tiny_config, tiny_model) -> nnx.Module:
-    """The tiny U-Net at its seeded initialisation, laid out on the mesh `shape`."""
-    mesh = sharding.make_mesh(shape)
-    if shape == BUILT_ON:
+def _laid_out(mesh, tiny_config, tiny_model) -> nnx.Module:
+    """The tiny U-Net at its seeded initialisation, laid out on `mesh`."""
+    if tuple(mesh.shape.values()) == BUILT_ON:
         cfg = UNet3DConfig.from_config(tiny_config.model)
         return sharding.create_sharded(lambda: UNet3D(cfg, rngs=nnx.Rngs(0)), mesh)
     graphdef, state = tiny_model
@@ -59,7 +58,7 @@ def _laid_out(shape, tiny_config, tiny_model) -> nnx.Module:
 @pytest.mark.parametrize("shape", sorted(EXPECTED))
 def test_sharded_model_layout_and_forward(shape, tiny_config, tiny_model, reference_output):
     mesh = sharding.make_mesh(shape)
-    model = _laid_out(shape, tiny_config, tiny_model)
+    model = _laid_out(mesh, tiny_config, tiny_model)
     params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
 
     for path, spec in EXPECTED[shape].items():
