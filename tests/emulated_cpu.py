@@ -27,7 +27,8 @@ def compile_once_per_host() -> None:
     JAX does this (`jax_share_binary_between_hosts`) by the programs' persistent-cache keys, but on CPU
     a key hashes the topology of each process's own devices, so two processes on one host never agree
     on it. Hashed by device kind instead, the keys agree: each program of a process group is compiled
-    once, not once per process, and a rerun finds the programs process 0 wrote in the persistent cache (`$DREAMIX_COMPILATION_CACHE`, which this turns on).
+    once, not once per process, and a rerun finds the programs process 0 wrote in the persistent
+    cache (`$DREAMIX_COMPILATION_CACHE`, which this turns on).
     """
     import jax
     from jax._src import cache_key
