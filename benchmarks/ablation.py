@@ -15,12 +15,18 @@ With `--base-only` the cascade is cut to its base stage (8 × 16 × 16): finetun
 cost a fraction of the whole cascade's, and the SR stages keep the detector's reading of the base
 output (benchmarks/tiny_quality.py measures that agreement), so the table reads the same edits.
 
+`--guidance` takes several weights for the base stage; every cell is then edited at each, in the
+same batch (the weight is traced, so one program serves all). Each row of the JSON holds what the
+detector read, to tell which kept attribute an edit lost.
+
   python benchmarks/ablation.py              # table + benchmarks/results/ablation.json
   python benchmarks/ablation.py --base-only --sources 8
+  python benchmarks/ablation.py --base-only --sources 8 --s 0.85,0.9,0.95 --guidance 1.5,3
 """
 
 import argparse
 import dataclasses
+import itertools
 import pathlib
 import sys
 import time
@@ -62,13 +68,15 @@ def edits_of(source: synthetic.Attributes) -> dict[str, synthetic.Attributes]:
 
 def score(video: np.ndarray, source: synthetic.Attributes, target: synthetic.Attributes,
           attribute: str) -> dict[str, bool]:
-    """Alignment, fidelity and success of one edited clip."""
+    """Alignment, fidelity and success of one edited clip, and what the detector read in it."""
     found = evaluate.detect(video)
     aligned = getattr(found, attribute) == getattr(target, attribute)
     kept = [getattr(found, a) == getattr(source, a) for a in ("color", "shape", "direction", "background", "size")
             if a != attribute]
     faithful = all(kept) and evaluate.start_kept(found, source)
-    return dict(alignment=aligned, fidelity=faithful, success=aligned and faithful)
+    read = {a: getattr(found, a) for a in ("color", "shape", "direction", "background", "size")}
+    read["start"] = [round(x, 3) for x in found.start]
+    return dict(alignment=aligned, fidelity=faithful, success=aligned and faithful, read=read)
 
 
 def main() -> None:
@@ -77,7 +85,7 @@ def main() -> None:
     parser.add_argument("--s", default="0.6,0.8", help="comma-separated noise strengths")
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
     parser.add_argument("--lr", type=float, default=dreamix.FinetuneSettings.lr)
-    parser.add_argument("--guidance", type=float, default=None, help="the base stage's weight (default: its own)")
+    parser.add_argument("--guidance", default="", help="comma-separated base-stage guidance weights (default: its own)")
     parser.add_argument("--base-only", action="store_true", help="edit and score at the base stage's size")
     parser.add_argument("--workdir", default="/tmp/dreamix_ablation")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "ablation.json"))
@@ -85,6 +93,7 @@ def main() -> None:
     s_values = [float(s) for s in args.s.split(",")]
 
     model = pretrained.load()
+    guidances = [float(g) for g in args.guidance.split(",")] if args.guidance else [model.stages[0].guidance]
     final = model.final  # sources are rendered at the cascade's output size, as inputs are
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
@@ -108,27 +117,27 @@ def main() -> None:
             if weights is not None:
                 tune = dreamix.FinetuneSettings(w_video=weights[0], alpha=weights[1], lr=args.lr, steps=args.steps)
                 tuned, _ = dreamix.finetune(model, clip, tune, args.workdir, progress=False)
-            cells = [(c, a, s) for c, a in CATEGORIES.items() for s in s_values]
-            requests = [dreamix.EditRequest(targets[c].caption(), seed=index, s=s) for c, _, s in cells]
-            videos, _ = dreamix.edit(tuned, clip, requests, guidance=args.guidance)
-            for (category, attribute, s), request, video in zip(cells, requests, videos, strict=True):
-                rows.append(dict(source=index, setting=setting, category=category, s=s, prompt=request.prompt,
-                                 **score(video, source, targets[category], attribute)))
+            cells = [(c, a, s, g) for c, a in CATEGORIES.items() for s in s_values for g in guidances]
+            requests = [dreamix.EditRequest(targets[c].caption(), seed=index, s=s) for c, _, s, _ in cells]
+            # One program for every weight: the guidance weight is traced, one per request.
+            videos, _ = dreamix.edit(tuned, clip, requests, guidance=[g for *_, g in cells])
+            for (category, attribute, s, g), request, video in zip(cells, requests, videos, strict=True):
+                rows.append(dict(source=index, setting=setting, category=category, s=s, guidance=g,
+                                 prompt=request.prompt, **score(video, source, targets[category], attribute)))
             print(f"source {index + 1}/{len(sources)}, {setting}: done ({time.perf_counter() - start:.0f} s)",
                   flush=True)
 
     metrics = ("alignment", "fidelity", "success")
     table = []
-    print(f"\n{'category':<11} {'setting':<11} {'s':>4}" + "".join(f"{m:>10}" for m in metrics))
-    for category in CATEGORIES:
-        for setting in SETTINGS:
-            for s in s_values:
-                picked = [r for r in rows if (r["category"], r["setting"], r["s"]) == (category, setting, s)]
-                means = {m: float(np.mean([r[m] for r in picked])) for m in metrics}
-                table.append(dict(category=category, setting=setting, s=s, n=len(picked), **means))
-                print(f"{category:<11} {setting:<11} {s:>4g}" + "".join(f"{means[m]:>10.0%}" for m in metrics))
-    write_json(args.out, dict(sources=len(sources), s=s_values, finetune_steps=args.steps, lr=args.lr,
-                              guidance=args.guidance, base_only=args.base_only, table=table,
+    print(f"\n{'category':<11} {'setting':<11} {'s':>4} {'w':>4}" + "".join(f"{m:>10}" for m in metrics))
+    for category, setting, s, g in itertools.product(CATEGORIES, SETTINGS, s_values, guidances):
+        picked = [r for r in rows if (r["category"], r["setting"], r["s"], r["guidance"]) == (category, setting, s, g)]
+        means = {m: float(np.mean([r[m] for r in picked])) for m in metrics}
+        table.append(dict(category=category, setting=setting, s=s, guidance=g, n=len(picked), **means))
+        print(f"{category:<11} {setting:<11} {s:>4g} {g:>4g}" + "".join(f"{means[m]:>10.0%}" for m in metrics))
+    write_json(args.out, dict(sources=len(sources), source_attributes=[dataclasses.asdict(a) for a in sources],
+                              s=s_values, finetune_steps=args.steps, lr=args.lr,
+                              guidance=guidances, base_only=args.base_only, table=table,
                               rows=rows, seconds=round(time.perf_counter() - start, 1)))
 
 
