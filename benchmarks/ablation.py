@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
     parser.add_argument("--lr", type=float, default=dreamix.FinetuneSettings.lr)
     parser.add_argument("--guidance", default="", help="comma-separated base-stage guidance weights (default: its own)")
+    parser.add_argument("--prompt-prefix", default="", help="put before each finetuned setting's edit prompts "
+                        "(e.g. 'sks ', the finetune's rare token, as UniTune prompts its edits)")
     parser.add_argument("--base-only", action="store_true", help="edit and score at the base stage's size")
     parser.add_argument("--workdir", default="/tmp/dreamix_ablation")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "ablation.json"))
@@ -118,7 +120,8 @@ def main() -> None:
                 tune = dreamix.FinetuneSettings(w_video=weights[0], alpha=weights[1], lr=args.lr, steps=args.steps)
                 tuned, _ = dreamix.finetune(model, clip, tune, args.workdir, progress=False)
             cells = [(c, a, s, g) for c, a in CATEGORIES.items() for s in s_values for g in guidances]
-            requests = [dreamix.EditRequest(targets[c].caption(), seed=index, s=s) for c, _, s, _ in cells]
+            prefix = args.prompt_prefix if weights is not None else ""
+            requests = [dreamix.EditRequest(prefix + targets[c].caption(), seed=index, s=s) for c, _, s, _ in cells]
             # One program for every weight: the guidance weight is traced, one per request.
             videos, _ = dreamix.edit(tuned, clip, requests, guidance=[g for *_, g in cells])
             for (category, attribute, s, g), request, video in zip(cells, requests, videos, strict=True):
@@ -135,9 +138,18 @@ def main() -> None:
         means = {m: float(np.mean([r[m] for r in picked])) for m in metrics}
         table.append(dict(category=category, setting=setting, s=s, guidance=g, n=len(picked), **means))
         print(f"{category:<11} {setting:<11} {s:>4g} {g:>4g}" + "".join(f"{means[m]:>10.0%}" for m in metrics))
+    # The paper's raters picked each edit's best of several hyperparameter combinations (its appendix
+    # B): the share of sources with at least one success anywhere on the s × guidance grid.
+    best_of_grid = []
+    print(f"\nsuccess of each source's best cell of the {len(s_values)} × {len(guidances)} grid")
+    for category, setting in itertools.product(CATEGORIES, SETTINGS):
+        won = {r["source"] for r in rows if (r["category"], r["setting"]) == (category, setting) and r["success"]}
+        best_of_grid.append(dict(category=category, setting=setting, success=len(won) / len(sources)))
+        print(f"{category:<11} {setting:<11} {len(won) / len(sources):>10.0%}")
     write_json(args.out, dict(sources=len(sources), source_attributes=[dataclasses.asdict(a) for a in sources],
                               s=s_values, finetune_steps=args.steps, lr=args.lr,
-                              guidance=guidances, base_only=args.base_only, table=table,
+                              guidance=guidances, prompt_prefix=args.prompt_prefix,
+                              base_only=args.base_only, table=table, best_of_grid=best_of_grid,
                               rows=rows, seconds=round(time.perf_counter() - start, 1)))
 
 
