@@ -38,7 +38,7 @@ def get_config(arg: str | None = "video") -> ml_collections.ConfigDict:
     # shipped cascade (README, "The finetuning ablation") s = 0.9 is where mixed-finetuned edits first
     # read as asked (alignment: motion 88 %, object 100 %, background 100 %; at 0.75: 62, 100, 12 %):
     # below it, the input's old motion and background win over the prompt. Success there is motion
-    # 12 / object 50 / background 38 % against 12 / 62 / 12 % at 0.75 and 25 / 50 / 25 % at 0.95.
+    # 12 / object 50 / background 38 % against 12 / 50 / 12 % at 0.75 and 25 / 50 / 25 % at 0.95.
     config.s = 1.0 if arg.variant == "subject" else 0.9
     config.seed = 0
     config.num_seeds = 1  # seeds seed, seed + 1, ...
