@@ -42,6 +42,7 @@ from dreamix_jax.data import shapes_video, synthetic  # noqa: E402
 
 SETTINGS = {"none": None, "video-only": (1.0, 0.0), "mixed": (1.0, 1.0)}  # (w_video, alpha)
 CATEGORIES = {"motion": "direction", "object": "color", "background": "background"}
+READ = ("color", "shape", "direction", "background", "size")  # what the detector reads and fidelity keeps
 
 
 def _next(values, current):
@@ -76,11 +77,9 @@ def score(video: np.ndarray, source: evaluate.Detection, target: synthetic.Attri
     resolution (at 16 × 16 it reads some small triangles as circles, the true clip's as well)."""
     found = evaluate.detect(video)
     aligned = getattr(found, attribute) == getattr(target, attribute)
-    kept = [getattr(found, a) == getattr(source, a) for a in ("color", "shape", "direction", "background", "size")
-            if a != attribute]
+    kept = [getattr(found, a) == getattr(source, a) for a in READ if a != attribute]
     faithful = all(kept) and evaluate.start_kept(found, source)
-    read = {a: getattr(found, a) for a in ("color", "shape", "direction", "background", "size")}
-    read["start"] = [round(x, 3) for x in found.start]
+    read = {a: getattr(found, a) for a in READ} | {"start": [round(x, 3) for x in found.start]}
     return dict(alignment=aligned, fidelity=faithful, success=aligned and faithful, read=read)
 
 
@@ -104,6 +103,7 @@ def main() -> None:
     final = model.final  # sources are rendered at the cascade's output size, as inputs are
     if args.base_only:
         model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+    edited = model.final  # the size edits come out at and are scored at (the base stage's with --base-only)
     sources = []
     seed = shapes_video.SPLIT_SEEDS["test"]
     # Moving sources whose start admits another direction: a motion edit then changes the direction
@@ -118,7 +118,7 @@ def main() -> None:
     rows, readings, start = [], [], time.perf_counter()
     for index, source in enumerate(sources):
         clip = synthetic.render(source, final.frames, final.height, final.width)
-        reading = evaluate.detect(np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.final)[0]))
+        reading = evaluate.detect(np.asarray(cascade.degrade(jnp.asarray(clip)[None], edited)[0]))
         readings.append(dataclasses.asdict(reading))
         targets = edits_of(source)
         for setting, weights in SETTINGS.items():
