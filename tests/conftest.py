@@ -40,7 +40,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # on one worker, and one started near the end would leave the other worker idle while it runs. (xdist's
 # own order, by test count, starts these last: its reordering is off in pyproject.toml.)
 LONGEST_FIRST = ("test_multihost_edit.py", "test_multihost.py", "test_train.py", "test_dreamix.py",
-                 "test_trial_axis.py", "test_learning.py")
+                 "test_learning.py", "test_trial_axis.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -54,11 +54,46 @@ def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=F
     return nnx.merge(graphdef, state)(x, logsnr, text, text_mask, frames_independent=frames_independent)
 
 
+# One level of half the shipped width: the U-Nets of `small_cascade_file`. The base stage keeps spatial, cross-
+# and temporal attention and the position embedding (the smoke training config's base U-Net); the SR
+# stages keep their conditioning input and convolutions only.
+SMALL_UNETS = {"base": dict(channels=[16], attention_levels=[0], temporal_attention_levels=[0]),
+               "sr": dict(channels=[16], attention_levels=[], temporal_attention_levels=[])}
+
+
+def small_cascade_file(path: pathlib.Path, stages=("base", "tsr", "ssr1", "ssr2")) -> pathlib.Path:
+    """A weights file of the shipped cascade's `stages` with the small U-Nets of `SMALL_UNETS`, at their seeded
+    initialisation with every weight perturbed (so the zero-initialised layers act too), and the shipped
+    text encoder. For tests of plumbing (files, stores, processes, programs), not of what the edits show:
+    they compile and run in a fraction of the shipped U-Nets' time, at the same clip sizes."""
+    arrays, meta = pretrained.read_file(pretrained.SHIPPED)
+    rng, weights, configs = np.random.default_rng(0), {}, {}
+    for name in stages:
+        stage = dict(meta["config"]["stages"][name])
+        stage["unet"] = dict(stage["unet"], **SMALL_UNETS["base" if name == "base" else "sr"])
+        unet = UNet3D(UNet3DConfig.from_config(stage["unet"]), rngs=nnx.Rngs(0))
+        flat = pretrained.flatten_weights(nnx.to_pure_dict(nnx.state(unet, nnx.Param)), name)
+        weights.update({k: v + 0.1 * rng.standard_normal(v.shape).astype(v.dtype) for k, v in flat.items()})
+        configs[name] = stage
+    config = dict(meta["config"], stage_order=list(stages), stages=configs)
+    np.savez(path, **weights, **pretrained.part(arrays, "text_encoder"),
+             **{pretrained._META: np.array(json.dumps(dict(config=config, steps=dict.fromkeys(stages, 0))))})
+    return path
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """The cascade of `small_cascade_file`, loaded once, on one device, with 2 DDIM steps per stage."""
+    path = small_cascade_file(tmp_path_factory.mktemp("small") / "small_cascade.npz")
+    model = pretrained.load(path, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
+    return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
+
+
 @pytest.fixture(scope="session")
 def shipped():
-    """The shipped tiny cascade, loaded once, on one device, with 2 DDIM steps per stage: the tests that
-    use it check plumbing, not sample quality, and unoptimised test compiles make every step slow. (On
-    the 8 emulated devices its batches of one or two would run replicated, 8 times the work.)"""
+    """The shipped tiny cascade, loaded once, on one device, with 2 DDIM steps per stage: unoptimised test
+    compiles make every step slow. (On the 8 emulated devices its batches of one or two would run
+    replicated, 8 times the work.)"""
     model = pretrained.load(mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
     return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
 

@@ -26,12 +26,10 @@ def smooth_video(batch: int, frames: int, height: int, width: int, seed: int = 0
 
 
 @pytest.fixture(scope="module")
-def tiny(shipped):
-    """Stages of `configs/cascade.py:tiny` with 2 sampling steps each, and the U-Nets of the shipped
-    cascade, which has those stages: read from its file, where initialising them compiled a program each."""
-    stages = tuple(dataclasses.replace(s, steps=2) for s in cascade.stages_from_config(cascade_configs.get_config("tiny")))
-    assert [s.unet for s in stages] == [s.unet for s in shipped.stages]
-    return stages, shipped.unets
+def tiny(small):
+    """Stages of `configs/cascade.py:tiny` (the shipped file's, `test_pretrained.py`) with 2 sampling steps
+    each, and small U-Nets for them (`conftest.small_cascade_file`): sampling is the same for any U-Net."""
+    return small.stages, small.unets
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Dreamix on the shipped tiny cascade: camera warps, editing from s, batching, the command line's
-outputs, reuse of a stored finetune, a workdir on gs://, and one-sentence errors for bad input."""
+"""Dreamix on a small cascade with the shipped one's stages and sizes (`conftest.small_cascade_file`):
+camera warps, editing from s, batching, the command line's outputs, reuse of a stored finetune, a
+workdir on gs://, and one-sentence errors for bad input."""
 
 import dataclasses
 import json
@@ -71,15 +72,15 @@ def _base_only(model):
     return dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
 
 
-def test_noise_strength_zero_returns_the_degraded_input(shipped, clip):
-    base = shipped.base
+def test_noise_strength_zero_returns_the_degraded_input(small, clip):
+    base = small.base
     degraded = np.asarray(cascade.degrade(jnp.asarray(clip)[None], base))
-    out, _ = dreamix.edit(_base_only(shipped), clip, [dreamix.EditRequest("a blue circle", seed=3, s=0.0)])
+    out, _ = dreamix.edit(_base_only(small), clip, [dreamix.EditRequest("a blue circle", seed=3, s=0.0)])
     np.testing.assert_allclose(out, np.clip(degraded, -1, 1), atol=2e-3)
 
 
-def test_a_batch_of_edits_equals_the_edits_one_by_one(shipped, clip):
-    model = _base_only(shipped)
+def test_a_batch_of_edits_equals_the_edits_one_by_one(small, clip):
+    model = _base_only(small)
     requests = [dreamix.EditRequest("a red circle moving up on a gray background", seed=1, s=0.5),
                 dreamix.EditRequest("a red circle moving up on a gray background", seed=2, s=0.9)]
     batch, _ = dreamix.edit(model, clip, requests)
@@ -92,7 +93,7 @@ def test_a_batch_of_edits_equals_the_edits_one_by_one(shipped, clip):
 
 
 @pytest.fixture(scope="module")
-def cli_run(shipped, clip, tmp_path_factory):
+def cli_run(small, clip, tmp_path_factory):
     """One edit through `edit.run` with a short finetune, then a second prompt on the same input."""
     workdir = tmp_path_factory.mktemp("dreamix")
     source = video_io.write_video(workdir / "input.mp4", clip, fps=8.0)
@@ -100,25 +101,25 @@ def cli_run(shipped, clip, tmp_path_factory):
     config.input = str(source)
     config.prompt = "a green square moving right on a black background"
     config.finetune.steps = 3
-    first = edit.run(config, workdir, model=shipped)
+    first = edit.run(config, workdir, model=small)
     config.prompt = "a red square moving left on a black background"
-    second = edit.run(config, workdir, model=shipped)
+    second = edit.run(config, workdir, model=small)
     # The first prompt again with another guidance: a new edit, beside the first, not over it.
     config.prompt, config.guidance = "a green square moving right on a black background", 1.5
-    third = edit.run(config, workdir, model=shipped)
+    third = edit.run(config, workdir, model=small)
     return workdir, first, second, third
 
 
-def test_the_pipeline_writes_every_output(cli_run, shipped):
+def test_the_pipeline_writes_every_output(cli_run, small):
     workdir, first, *_ = cli_run
     (result,) = first
     video, fps = video_io.read_frames(result["output"]["video"])
-    assert video.shape == (16, 64, 64, 3) and fps == shipped.final.fps == 8
+    assert video.shape == (16, 64, 64, 3) and fps == small.final.fps == 8
     comparison, _ = video_io.read_frames(result["output"]["comparison"])
     assert comparison.shape == (16, 4 * 64 + 14, 2 * 4 * 64 + 4, 3)
     saved = json.loads(pathlib.Path(result["output"]["video"]).with_name("result.json").read_text())
     assert saved["request"]["prompt"] == "a green square moving right on a black background"
-    assert set(saved["sampling_seconds_per_stage"]) == {s.name for s in shipped.stages}
+    assert set(saved["sampling_seconds_per_stage"]) == {s.name for s in small.stages}
     assert set(saved["finetune"]["stages"]) == {"base", "ssr1", "ssr2"}  # the stages the config marks
     assert saved["finetune"]["reused"] is False and saved["config"]["finetune"]["steps"] == 3
     assert evaluate.detect(video).background != "none"
@@ -143,25 +144,25 @@ def test_an_edit_with_other_settings_does_not_replace_another(cli_run):
     assert kept["config"]["guidance"] == 0.0 and kept["request"] == first[0]["request"]
 
 
-def test_a_damaged_finetune_is_rebuilt(cli_run, shipped, caplog):
+def test_a_damaged_finetune_is_rebuilt(cli_run, small, caplog):
     workdir, first, *_ = cli_run
     config = dreamix_configs.get_config("video")
     config.input, config.prompt = first[0]["input"]["path"], first[0]["request"]["prompt"]
     config.finetune.steps, config.finetune.stages = 3, "base"  # one stage shows the repair at a third of the cost
-    (tuned,) = edit.run(config, workdir, model=shipped)
+    (tuned,) = edit.run(config, workdir, model=small)
     record = workdir / "finetunes" / tuned["finetune"]["key"] / "finetune.json"
     record.write_text("")  # what a crash mid-write left before writes were atomic
     with caplog.at_level("WARNING"):
-        (again,) = edit.run(config, workdir, model=shipped)
+        (again,) = edit.run(config, workdir, model=small)
     assert again["finetune"]["reused"] is False and again["finetune"]["key"] == tuned["finetune"]["key"]
     assert "Ignoring unreadable" in caplog.text and json.loads(record.read_text())["key"] == again["finetune"]["key"]
 
 
-def test_an_edit_on_gcs_stores_its_finetune_there_and_reuses_it(gcs_bucket, shipped, clip):
+def test_an_edit_on_gcs_stores_its_finetune_there_and_reuses_it(gcs_bucket, small, clip):
     """Input, finetune store and edit on gs://, on the cascade's base and tsr stages (the store is the
     same for any cascade): the programs of the one-stage finetune above and of those stages' sampling."""
     workdir = f"{gcs_bucket}/edit"
-    two_stages = dataclasses.replace(shipped, stages=shipped.stages[:2], unets=shipped.unets[:2])
+    two_stages = dataclasses.replace(small, stages=small.stages[:2], unets=small.unets[:2])
     config = dreamix_configs.get_config("video")
     config.input = str(video_io.write_video(f"{gcs_bucket}/inputs/edit.mp4", clip, fps=8.0))
     config.prompt = "a green square moving right on a black background"
@@ -223,7 +224,7 @@ def test_input_kinds_that_do_not_fit_the_variant(tmp_path, clip):
         dreamix_configs.get_config("music")
 
 
-def test_image_animation_and_subject_generation_run_from_the_command_line(shipped, clip, tmp_path):
+def test_image_animation_and_subject_generation_run_from_the_command_line(small, clip, tmp_path):
     import imageio.v3 as iio
 
     iio.imwrite(tmp_path / "frame.png", video_io.to_uint8(clip[0]))
@@ -236,7 +237,7 @@ def test_image_animation_and_subject_generation_run_from_the_command_line(shippe
         config = dreamix_configs.get_config(variant)
         config.input, config.prompt = str(source), prompt
         config.finetune.steps, config.finetune.stages = 2, "base"  # frames only: one compiled step for both
-        (result,) = edit.run(config, tmp_path / variant, model=shipped)
+        (result,) = edit.run(config, tmp_path / variant, model=small)
         assert result["variant"] == variant and result["config"]["finetune"]["w_video"] == 0.0
         assert set(result["finetune"]["stages"]) == {"base"}
         video, _ = video_io.read_frames(result["output"]["video"])

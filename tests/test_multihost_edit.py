@@ -2,7 +2,7 @@
 CPU processes (one device each, a localhost coordinator) edit and sweep like one process with two
 devices, only process 0 writes, and a rerun of the pair reuses the finetune and the trials it stored.
 
-The cascade is a small base stage alone (`_small_base`), finetuned for 2 steps on the frames path and
+The cascade is a small base stage alone (`conftest.small_cascade_file`), finetuned for 2 steps on the frames path and
 sampled in 2 DDIM steps. The edit's mesh (fsdp 2) splits the weights and the batch of 2 edits over
 the devices of both processes; the sweep stacks its 2 finetunes (α 0.5 and 1) on a trial axis of 2,
 one finetune on each process's device, then samples one edit of each.
@@ -17,34 +17,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CACHE_DIR, _free_port
-from flax import nnx
+from conftest import CACHE_DIR, _free_port, small_cascade_file
 
-from configs import pretrain_shapes
-from dreamix_jax import pretrained
 from dreamix_jax.data import synthetic, video_io
-from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig
 
 WORKER = pathlib.Path(__file__).with_name("multihost_edit_worker.py")
 ROOT = WORKER.parents[1]
-
-
-def _small_base(path: pathlib.Path) -> str:
-    """A weights file of one base stage: the smoke training runs' small U-Net (`configs/pretrain_shapes.py`)
-    at its seeded initialisation, every weight perturbed so that the zero-initialised layers act too, and
-    the shipped text encoder. The test compares processes with each other, not edits with their prompt,
-    and its processes compile the finetune and sampling programs, whose compile time grows with the
-    U-Net's layers (the shipped base's made this the suite's slowest test)."""
-    arrays, meta = pretrained.read_file(pretrained.SHIPPED)
-    stage = pretrain_shapes.get_config("base,smoke").cascade.stages.base.to_dict()
-    unet = UNet3D(UNet3DConfig.from_config(stage["unet"]), rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    weights = {name: value + 0.1 * rng.standard_normal(value.shape).astype(value.dtype) for name, value in
-               pretrained.flatten_weights(nnx.state(unet, nnx.Param).to_pure_dict(), "base").items()}
-    config = dict(meta["config"], stage_order=["base"], stages={"base": stage})
-    np.savez(path, **weights, **pretrained.part(arrays, "text_encoder"),
-             **{pretrained._META: np.array(json.dumps(dict(config=config, steps={"base": 0})))})
-    return str(path)
 
 
 def _start(writes: pathlib.Path, devices: int, edit_flags: list[str], sweep_flags: list[str]) -> subprocess.Popen:
@@ -131,7 +109,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
     clip = synthetic.render(synthetic.Attributes("green", "square", "left", "black", "large", (0.6, 0.5),
                                                  (1.0, 2.0, 0.3)), 8, 32, 32)
-    weights = _small_base(tmp / "base.npz")
+    weights = str(small_cascade_file(tmp / "base.npz", stages=("base",)))
     clip_path = video_io.write_video(tmp / "input.mp4", clip, fps=8.0)
     prompt = "a red square moving right on a black background"
     edit_flags = ["--config", "configs/dreamix.py:video", f"--config.weights={weights}", f"--config.input={clip_path}",

@@ -1,5 +1,5 @@
-"""Sweeps: trial lists and their errors, the scores, and one smoke sweep on two stages of the
-shipped cascade that is interrupted, resumed and reported, with one sampling compile per stage."""
+"""Sweeps: trial lists and their errors, the scores, and one smoke sweep on two stages of a
+small cascade that is interrupted, resumed and reported, with one sampling compile per stage."""
 
 import dataclasses
 import json
@@ -47,30 +47,30 @@ def _smoke_config() -> ml_collections.ConfigDict:
     return config
 
 
-def test_trial_lists_are_checked_before_any_compute(shipped):
+def test_trial_lists_are_checked_before_any_compute(small):
     config = _smoke_config()
-    trials = sweep.trials_of(config, shipped.stages)
+    trials = sweep.trials_of(config, small.stages)
     assert [(t.finetune.steps, t.request.s) for t in trials] == [(1, 0.5), (1, 0.9), (2, 0.5), (2, 0.9)]
     assert len({t.id for t in trials}) == 4
     config.sample.s = (0.5, 0.5)
     with pytest.raises(ValueError, match="same trial twice"):
-        sweep.trials_of(config, shipped.stages)
+        sweep.trials_of(config, small.stages)
     config = _smoke_config()
     config.sample.s = (0.5, 1.5)
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
-        sweep.trials_of(config, shipped.stages)
+        sweep.trials_of(config, small.stages)
     config = _smoke_config()
     config.finetune.lr = (1e-4,)
     config.finetune.rate = (1e-4,)
     with pytest.raises(ValueError, match=r"Unknown finetune settings \['rate'\]"):
-        sweep.trials_of(config, shipped.stages)
+        sweep.trials_of(config, small.stages)
 
 
 
-def test_demo_sweep_brackets_the_demo_defaults(shipped):
+def test_demo_sweep_brackets_the_demo_defaults(small):
     """The `demo` sweep edits the demo's three prompts, and its grid holds the demo's own settings."""
     config = shapes_edit.get_config("demo")
-    trials = sweep.trials_of(config, shipped.stages)
+    trials = sweep.trials_of(config, small.stages)
     assert len(trials) == 36 and len({t.finetune for t in trials}) == 4
     assert {t.request.prompt for t in trials} == set(edit.EXAMPLE_EDITS)
     assert {t.finetune.stages for t in trials} == {("base",)}
@@ -130,10 +130,10 @@ def _stop_after_first(batch: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_stages(shipped):
-    """The shipped cascade's base and tsr stages: a sweep is the same for any cascade, and the
-    larger stages' batch-2 samplers would only add compile time."""
-    return dataclasses.replace(shipped, stages=shipped.stages[:2], unets=shipped.unets[:2])
+def two_stages(small):
+    """The small cascade's base and tsr stages (`conftest.small_cascade_file`): a sweep is the same for any
+    cascade, and the larger stages' batch-2 samplers would only add compile time."""
+    return dataclasses.replace(small, stages=small.stages[:2], unets=small.unets[:2])
 
 
 @pytest.fixture(scope="module")

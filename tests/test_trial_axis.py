@@ -30,9 +30,10 @@ DEVICES = 4
 
 
 @pytest.fixture(scope="module")
-def base_only(shipped):
-    """The shipped cascade's base stage alone: stacking is the same for any stage."""
-    return dataclasses.replace(shipped, stages=shipped.stages[:1], unets=shipped.unets[:1])
+def base_only(small):
+    """The small cascade's base stage alone (`conftest.small_cascade_file`): stacking is the same for any
+    stage and U-Net."""
+    return dataclasses.replace(small, stages=small.stages[:1], unets=small.unets[:1])
 
 
 @pytest.fixture(scope="module")
