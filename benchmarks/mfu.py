@@ -32,6 +32,7 @@ prints the memory its plan needs per variant and batch (minutes per compile on C
   python benchmarks/mfu.py                                  # on a GPU/TPU host
   python benchmarks/mfu.py --variants none,full --max_batch 8
   python benchmarks/mfu.py --variants full --batch 8          # one compile when batch 8 fits
+  python benchmarks/mfu.py --variants none --res_blocks 1   # paper widths, one block per level: a shorter compile
   python benchmarks/mfu.py --tiny --repeats 2               # CPU smoke run
   python benchmarks/mfu.py --plan 1,4 --out plan.json       # compile-time memory only, on any host
 """
@@ -111,11 +112,13 @@ def block_remat_policy(policy):
         unet3d._apply_block_remat = saved
 
 
-def base_stage(tiny: bool, dtype: str):
-    """(U-Net config, (frames, height, width), (text length, width)) of the cascade's base stage."""
+def base_stage(tiny: bool, dtype: str, res_blocks: int = 0):
+    """(U-Net config, (frames, height, width), (text length, width)) of the cascade's base stage, with
+    `res_blocks` residual blocks per level where given (0: the config's)."""
     config = cascade_configs.get_config("tiny" if tiny else "imagen_video")
     stage = stages_from_config(config)[0]
-    cfg = dataclasses.replace(stage.unet, dtype=dtype, remat=False)
+    cfg = dataclasses.replace(stage.unet, dtype=dtype, remat=False,
+                              num_res_blocks=res_blocks or stage.unet.num_res_blocks)
     return cfg, stage.shape, (config.text.max_length, cfg.text_dim)
 
 
@@ -277,7 +280,8 @@ def plan_memory(bench: Bench, variants: list[str], batches: list[int], out: str)
             r = rows[-1]
             print(f"{variant:<7} {batch:>5} {r['planned_gib']:>11.1f} {r['argument_gib']:>13.1f} "
                   f"{r['temp_gib']:>15.1f} {compile_s:>9.0f}", flush=True)
-    meta = dict(params=bench.n_params, backend=jax.default_backend(), jax=jax.__version__, plan_only=True)
+    meta = dict(params=bench.n_params, res_blocks=bench.cfg.num_res_blocks, backend=jax.default_backend(),
+                jax=jax.__version__, plan_only=True)
     print(f"wrote {write_json(out, dict(meta=meta, rows=rows))}")
 
 
@@ -287,6 +291,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
     parser.add_argument("--paths", default="video,frames", help="objective paths: video,frames (Dreamix) or video")
     parser.add_argument("--dtype", default="bfloat16", help="compute dtype (weights stay float32)")
+    parser.add_argument("--res_blocks", type=int, default=0,
+                        help="residual blocks per level (0: the config's, 3 at paper scale); fewer keep "
+                        "every width, attention and text size, and compile in a fraction of the time")
     parser.add_argument("--max_batch", type=int, default=0, help="largest batch tried (0: 64, or 2 on CPU)")
     parser.add_argument("--batch", type=int, default=0,
                         help="first batch tried, halved until the step fits (0: double from 1 up to --max_batch)")
@@ -308,12 +315,15 @@ def main() -> None:
                  "or --plan for its compile-time memory.")
     args.max_batch = args.max_batch or (2 if backend == "cpu" else 64)
 
-    cfg, video, text = base_stage(args.tiny, args.dtype)
+    if args.res_blocks < 0:
+        parser.error(f"--res_blocks is {args.res_blocks}; give 0 (the config's) or a positive count")
+    cfg, video, text = base_stage(args.tiny, args.dtype, args.res_blocks)
     bench = Bench(cfg, video, text, args.paths.split(","))
     peak = peak_tflops(device.device_kind)
     stats = device.memory_stats() or {}
     limit = int(stats["bytes_limit"] * args.memory_fraction) if "bytes_limit" in stats else None
-    print(f"{'tiny' if args.tiny else 'imagen_video'} base U-Net: {bench.n_params / 1e9:.3f}B parameters, "
+    print(f"{'tiny' if args.tiny else 'imagen_video'} base U-Net ({cfg.num_res_blocks} res blocks per level): "
+          f"{bench.n_params / 1e9:.3f}B parameters, "
           f"video {video}, text {text}, {args.dtype} compute, paths {bench.paths}; device {device.device_kind} "
           f"({backend}), peak bf16 {f'{peak:g} TFLOP/s' if peak else 'unknown'}, memory limit "
           f"{f'{limit / GIB:.1f} GiB' if limit else 'none (batch capped at --max_batch)'}"
@@ -348,7 +358,8 @@ def main() -> None:
     print("est peak: compiled memory_analysis (args + outputs + temps − donated); run peak: the device's "
           "peak_bytes_in_use so far in this process (a running maximum over the variants).")
 
-    meta = dict(model="tiny" if args.tiny else "imagen_video", params=bench.n_params, video=list(video),
+    meta = dict(model="tiny" if args.tiny else "imagen_video", res_blocks=cfg.num_res_blocks, params=bench.n_params,
+                video=list(video),
                 text=list(text), dtype=args.dtype, paths=list(bench.paths), backend=backend,
                 device=device.device_kind, peak_bf16_tflops=peak, memory_limit_gib=limit / GIB if limit else None,
                 model_tflop_per_example=model_flops_1 / 1e12, jax=jax.__version__, cpu_count=os.cpu_count(),
