@@ -54,7 +54,7 @@ def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=F
     return nnx.merge(graphdef, state)(x, logsnr, text, text_mask, frames_independent=frames_independent)
 
 
-# One level of half the shipped width: the U-Nets of `small_cascade_file`. The base stage keeps spatial, cross-
+# One level of 16 channels: the U-Nets of `small_cascade_file`. The base stage keeps spatial, cross-
 # and temporal attention and the position embedding (the smoke training config's base U-Net); the SR
 # stages keep their conditioning input and convolutions only.
 SMALL_UNETS = {"base": dict(channels=[16], attention_levels=[0], temporal_attention_levels=[0]),
@@ -81,21 +81,24 @@ def small_cascade_file(path: pathlib.Path, stages=("base", "tsr", "ssr1", "ssr2"
     return path
 
 
-@pytest.fixture(scope="session")
-def small(tmp_path_factory):
-    """The cascade of `small_cascade_file`, loaded once, on one device, with 2 DDIM steps per stage."""
-    path = small_cascade_file(tmp_path_factory.mktemp("small") / "small_cascade.npz")
+def _load_for_tests(path: pathlib.Path = pretrained.SHIPPED):
+    """A weights file's cascade on one device with 2 DDIM steps per stage: unoptimised test compiles make
+    every step slow. (On the 8 emulated devices its batches of one or two would run replicated, 8 times
+    the work.)"""
     model = pretrained.load(path, mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
     return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
 
 
 @pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """The cascade of `small_cascade_file`, loaded once."""
+    return _load_for_tests(small_cascade_file(tmp_path_factory.mktemp("small") / "small_cascade.npz"))
+
+
+@pytest.fixture(scope="session")
 def shipped():
-    """The shipped tiny cascade, loaded once, on one device, with 2 DDIM steps per stage: unoptimised test
-    compiles make every step slow. (On the 8 emulated devices its batches of one or two would run
-    replicated, 8 times the work.)"""
-    model = pretrained.load(mesh=make_mesh((1, 1, 1), jax.devices()[:1]))
-    return dataclasses.replace(model, stages=tuple(dataclasses.replace(s, steps=2) for s in model.stages))
+    """The shipped tiny cascade, loaded once."""
+    return _load_for_tests()
 
 
 def _gcs_emulator() -> pathlib.Path:
