@@ -100,7 +100,7 @@ def cli_run(small, clip, tmp_path_factory):
     config = dreamix_configs.get_config("video")
     config.input = str(source)
     config.prompt = "a green square moving right on a black background"
-    config.finetune.steps = 3
+    config.finetune.steps = 2
     first = edit.run(config, workdir, model=small)
     config.prompt = "a red square moving left on a black background"
     second = edit.run(config, workdir, model=small)
@@ -121,7 +121,7 @@ def test_the_pipeline_writes_every_output(cli_run, small):
     assert saved["request"]["prompt"] == "a green square moving right on a black background"
     assert set(saved["sampling_seconds_per_stage"]) == {s.name for s in small.stages}
     assert set(saved["finetune"]["stages"]) == {"base", "ssr1", "ssr2"}  # the stages the config marks
-    assert saved["finetune"]["reused"] is False and saved["config"]["finetune"]["steps"] == 3
+    assert saved["finetune"]["reused"] is False and saved["config"]["finetune"]["steps"] == 2
     assert evaluate.detect(video).background != "none"
     # The prompt follows the captions' grammar, so the detector's reading and the edit's scores are saved.
     assert saved["detected"]["input"]["color"] == "green" and saved["detected"]["input"]["direction"] == "left"
@@ -148,7 +148,7 @@ def test_a_damaged_finetune_is_rebuilt(cli_run, small, caplog):
     workdir, first, *_ = cli_run
     config = dreamix_configs.get_config("video")
     config.input, config.prompt = first[0]["input"]["path"], first[0]["request"]["prompt"]
-    config.finetune.steps, config.finetune.stages = 3, "base"  # one stage shows the repair at a third of the cost
+    config.finetune.steps, config.finetune.stages = 2, "base"  # one stage shows the repair at a third of the cost
     (tuned,) = edit.run(config, workdir, model=small)
     record = workdir / "finetunes" / tuned["finetune"]["key"] / "finetune.json"
     record.write_text("")  # what a crash mid-write left before writes were atomic
@@ -166,7 +166,7 @@ def test_an_edit_on_gcs_stores_its_finetune_there_and_reuses_it(gcs_bucket, smal
     config = dreamix_configs.get_config("video")
     config.input = str(video_io.write_video(f"{gcs_bucket}/inputs/edit.mp4", clip, fps=8.0))
     config.prompt = "a green square moving right on a black background"
-    config.finetune.steps, config.finetune.stages = 3, "base"
+    config.finetune.steps, config.finetune.stages = 2, "base"
     (result,) = edit.run(config, workdir, model=two_stages)
     key = result["finetune"]["key"]
     assert result["finetune"]["reused"] is False
