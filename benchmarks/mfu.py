@@ -359,8 +359,7 @@ def main() -> None:
           "peak_bytes_in_use so far in this process (a running maximum over the variants).")
 
     meta = dict(model="tiny" if args.tiny else "imagen_video", res_blocks=cfg.num_res_blocks, params=bench.n_params,
-                video=list(video),
-                text=list(text), dtype=args.dtype, paths=list(bench.paths), backend=backend,
+                video=list(video), text=list(text), dtype=args.dtype, paths=list(bench.paths), backend=backend,
                 device=device.device_kind, peak_bf16_tflops=peak, memory_limit_gib=limit / GIB if limit else None,
                 model_tflop_per_example=model_flops_1 / 1e12, jax=jax.__version__, cpu_count=os.cpu_count(),
                 repeats=args.repeats, note=args.note, xla_flags=os.environ.get("XLA_FLAGS", ""),

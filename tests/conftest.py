@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from configs import pretrain_shapes  # noqa: E402
 from configs import unet as unet_configs  # noqa: E402
 from dreamix_jax import pretrained  # noqa: E402
 from dreamix_jax.models.unet3d import UNet3D, UNet3DConfig  # noqa: E402
@@ -54,23 +55,22 @@ def apply_unet(graphdef, state, x, logsnr, text, text_mask, frames_independent=F
     return nnx.merge(graphdef, state)(x, logsnr, text, text_mask, frames_independent=frames_independent)
 
 
-# One level of 16 channels: the U-Nets of `small_cascade_file`. The base stage keeps spatial, cross-
-# and temporal attention and the position embedding (the smoke training config's base U-Net); the SR
-# stages keep their conditioning input and convolutions only.
-SMALL_UNETS = {"base": dict(channels=[16], attention_levels=[0], temporal_attention_levels=[0]),
-               "sr": dict(channels=[16], attention_levels=[], temporal_attention_levels=[])}
+# The SR stages' U-Nets in `small_cascade_file`: one level of 16 channels, their conditioning input and
+# convolutions only. (Its base stage has the smoke training config's U-Net: `configs/pretrain_shapes.py`.)
+SMALL_SR_UNET = dict(channels=[16], attention_levels=[], temporal_attention_levels=[])
 
 
 def small_cascade_file(path: pathlib.Path, stages=("base", "tsr", "ssr1", "ssr2")) -> pathlib.Path:
-    """A weights file of the shipped cascade's `stages` with the small U-Nets of `SMALL_UNETS`, at their seeded
-    initialisation with every weight perturbed (so the zero-initialised layers act too), and the shipped
-    text encoder. For tests of plumbing (files, stores, processes, programs), not of what the edits show:
-    they compile and run in a fraction of the shipped U-Nets' time, at the same clip sizes."""
+    """A weights file of the shipped cascade's `stages` with small U-Nets (the smoke base's, `SMALL_SR_UNET`)
+    at their seeded initialisation with every weight perturbed (so the zero-initialised layers act too),
+    and the shipped text encoder. For tests of plumbing (files, stores, processes, programs), not of what
+    the edits show: they compile and run in a fraction of the shipped U-Nets' time, at the same clip sizes."""
     arrays, meta = pretrained.read_file(pretrained.SHIPPED)
+    smoke_base = pretrain_shapes.get_config("base,smoke").cascade.stages.base.unet.to_dict()
     rng, weights, configs = np.random.default_rng(0), {}, {}
     for name in stages:
         stage = dict(meta["config"]["stages"][name])
-        stage["unet"] = dict(stage["unet"], **SMALL_UNETS["base" if name == "base" else "sr"])
+        stage["unet"] = smoke_base if name == "base" else dict(stage["unet"], **SMALL_SR_UNET)
         unet = UNet3D(UNet3DConfig.from_config(stage["unet"]), rngs=nnx.Rngs(0))
         flat = pretrained.flatten_weights(nnx.to_pure_dict(nnx.state(unet, nnx.Param)), name)
         weights.update({k: v + 0.1 * rng.standard_normal(v.shape).astype(v.dtype) for k, v in flat.items()})

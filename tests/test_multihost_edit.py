@@ -2,8 +2,8 @@
 CPU processes (one device each, a localhost coordinator) edit and sweep like one process with two
 devices, only process 0 writes, and a rerun of the pair reuses the finetune and the trials it stored.
 
-The cascade is a small base stage alone (`conftest.small_cascade_file`), finetuned for 2 steps on the frames path and
-sampled in 2 DDIM steps. The edit's mesh (fsdp 2) splits the weights and the batch of 2 edits over
+The cascade is a small base stage alone (`conftest.small_cascade_file`), finetuned for 2 steps on the
+frames path and sampled in 2 DDIM steps. The edit's mesh (fsdp 2) splits the weights and the batch of 2 edits over
 the devices of both processes; the sweep stacks its 2 finetunes (α 0.5 and 1) on a trial axis of 2,
 one finetune on each process's device, then samples one edit of each.
 """
