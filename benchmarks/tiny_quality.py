@@ -6,8 +6,8 @@ output back with `evaluate.detect`, and reports the share of clips whose colour,
 direction and background match the caption. Every stage's own output, enlarged to the final size,
 is read too: its accuracy, and its agreement with the base stage's reading (what the
 super-resolution stages keep of what the base made). Per captioned shape it reports how
-the output reads it and the bounding-box fill each stage draws, which the detector reads shape
-from. Prints tables and writes JSON.
+the output reads it and the bounding-box fill each stage draws (how sharp its corners are).
+Prints tables and writes JSON.
 
   python benchmarks/tiny_quality.py          # table + benchmarks/results/tiny_quality.json
   python benchmarks/tiny_quality.py --from-true   # the SR stages alone, fed the true clips at the base size
@@ -145,8 +145,8 @@ def main() -> None:
     print(f"\n{'agreement with the base':<24}" + "".join(f"{a:>12}" for a in ATTRIBUTES))
     for name, agree in agreement.items():
         print(f"{'after ' + name:<24}" + "".join(f"{agree[a]:>12.1%}" for a in ATTRIBUTES))
-    # Per captioned shape: how the output reads it, and the bounding-box fill each stage draws (the
-    # detector reads a square from a fill of evaluate.FILL_SQUARE or more, a triangle below FILL_TRIANGLE).
+    # Per captioned shape: how the output reads it, and the bounding-box fill each stage draws (a
+    # rendered triangle fills about 0.5, a circle π/4, a square 1; blur pulls them towards each other).
     by_shape = {}
     for shape in synthetic.SHAPES:
         idx = [i for i, t in enumerate(truths) if t.shape == shape]

@@ -153,6 +153,11 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.n
     raise ValueError(f"Unknown shape {shape!r}; choose one of {SHAPES}.")
 
 
+def coverage(shape: str, x: np.ndarray, y: np.ndarray, r: float | np.ndarray, height: int) -> np.ndarray:
+    """Share of each pixel the shape covers (antialiased over one pixel), for offsets (x, y) from its centre."""
+    return np.clip(0.5 - _signed_distance(shape, x, y, r) * height, 0.0, 1.0)
+
+
 def render(attrs: Attributes, frames: int, height: int, width: int, rgb: np.ndarray | None = None) -> np.ndarray:
     """The clip (frames, height, width, 3) in [-1, 1]; frames=1 gives an image at the start position.
 
@@ -168,7 +173,7 @@ def render(attrs: Attributes, frames: int, height: int, width: int, rgb: np.ndar
     for t, (cx, cy) in enumerate(attrs.track(frames)):
         # Offsets in units of frame height, so shapes are not stretched on wide frames.
         x, y = (gx - cx) * width / height, gy - cy
-        inside = np.clip(0.5 - _signed_distance(attrs.shape, x, y, r) * height, 0.0, 1.0)[..., None]
+        inside = coverage(attrs.shape, x, y, r, height)[..., None]
         # Stripes move with the shape: texture is part of what an edit must keep.
         u = (x * np.cos(angle) + y * np.sin(angle)) / r
         shade = 1.0 + TEXTURE_DEPTH * np.sin(2 * np.pi * freq * u + phase)[..., None]
