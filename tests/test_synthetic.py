@@ -81,12 +81,15 @@ def test_detector_reads_clips_enlarged_from_the_base_size():
     """A true clip shrunk to the base stage's 8 × 16 × 16 and enlarged back, as stage outputs are scored,
     reads as it was made: the shape fit allows for the blur (a bounding-box fill threshold read 5 of
     these 38 triangles), and the colour comes from the shape's core, not its blurred edge."""
+    from configs import cascade as cascade_configs
     from dreamix_jax import cascade
 
+    base, *_, final = cascade.stages_from_config(cascade_configs.get_config("tiny"))
     truths = [synthetic.sample_attributes(s, held_out=None) for s in range(100)]
-    clips = np.stack([synthetic.render(a, 16, 64, 64) for a in truths])
-    small = cascade.resize_space(cascade.resample_time(clips, 8), 16, 16)
-    enlarged = np.clip(cascade.resize_space(cascade.resample_time(small, 16), 64, 64), -1.0, 1.0)
+    clips = np.stack([synthetic.render(a, final.frames, final.height, final.width) for a in truths])
+    small = cascade.degrade(clips, base)
+    enlarged = cascade.resize_space(cascade.resample_time(small, final.frames), final.height, final.width)
+    enlarged = np.clip(enlarged, -1.0, 1.0)
     accuracy = evaluate.attribute_accuracy([evaluate.detect(v) for v in enlarged], truths)
     assert min(accuracy.values()) >= 0.98, accuracy  # measured: 1.0
 
