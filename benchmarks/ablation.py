@@ -85,6 +85,7 @@ def score(video: np.ndarray, source: evaluate.Detection, target: synthetic.Attri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=str(pretrained.SHIPPED), help="cascade weights file (default: the shipped one)")
     parser.add_argument("--sources", type=int, default=3)
     parser.add_argument("--s", default="0.6,0.8", help="comma-separated noise strengths")
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
@@ -92,13 +93,16 @@ def main() -> None:
     parser.add_argument("--guidance", default="", help="comma-separated base-stage guidance weights (default: its own)")
     parser.add_argument("--prompt-prefix", default="", help="put before each finetuned setting's edit prompts "
                         "(e.g. 'sks ', the finetune's rare token, as UniTune prompts its edits)")
+    parser.add_argument("--finetune-prompt", default=dreamix.FinetuneSettings.prompt,
+                        help="the prompt each source is finetuned under: a rare token (default), or 'caption' "
+                        "for the source's own caption")
     parser.add_argument("--base-only", action="store_true", help="edit and score at the base stage's size")
     parser.add_argument("--workdir", default="/tmp/dreamix_ablation")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "ablation.json"))
     args = parser.parse_args()
     s_values = [float(s) for s in args.s.split(",")]
 
-    model = pretrained.load()
+    model = pretrained.load(args.weights)
     guidances = [float(g) for g in args.guidance.split(",")] if args.guidance else [model.stages[0].guidance]
     final = model.final  # sources are rendered at the cascade's output size, as inputs are
     if args.base_only:
@@ -124,7 +128,9 @@ def main() -> None:
         for setting, weights in SETTINGS.items():
             tuned = model
             if weights is not None:
-                tune = dreamix.FinetuneSettings(w_video=weights[0], alpha=weights[1], lr=args.lr, steps=args.steps)
+                prompt = source.caption() if args.finetune_prompt == "caption" else args.finetune_prompt
+                tune = dreamix.FinetuneSettings(prompt=prompt, w_video=weights[0], alpha=weights[1], lr=args.lr,
+                                                steps=args.steps)
                 tuned, _ = dreamix.finetune(model, clip, tune, args.workdir, progress=False)
             cells = [(c, a, s, g) for c, a in CATEGORIES.items() for s in s_values for g in guidances]
             prefix = args.prompt_prefix if weights is not None else ""
@@ -157,6 +163,7 @@ def main() -> None:
                               source_readings=readings,
                               s=s_values, finetune_steps=args.steps, lr=args.lr,
                               guidance=guidances, prompt_prefix=args.prompt_prefix,
+                              finetune_prompt=args.finetune_prompt,
                               base_only=args.base_only, table=table, best_of_grid=best_of_grid,
                               rows=rows, seconds=round(time.perf_counter() - start, 1)))
 
