@@ -16,6 +16,10 @@ With `--base-only` the cascade is cut to its base stage (8 × 16 × 16): finetun
 cost a fraction of the whole cascade's, and the SR stages keep the detector's reading of the base
 output (benchmarks/tiny_quality.py measures that agreement), so the table reads the same edits.
 
+Each source is finetuned under the rare token "sks" (as the paper does), or with
+`--finetune-prompt caption` under its own caption, which shares every word but the edited one with
+the edit prompts (README, "The finetuning ablation").
+
 `--guidance` takes several weights for the base stage; every cell is then edited at each, in the
 same batch (the weight is traced, so one program serves all). Each row of the JSON holds what the
 detector read, to tell which kept attribute an edit lost.
@@ -23,6 +27,7 @@ detector read, to tell which kept attribute an edit lost.
   python benchmarks/ablation.py              # table + benchmarks/results/ablation.json
   python benchmarks/ablation.py --base-only --sources 8
   python benchmarks/ablation.py --base-only --sources 8 --s 0.85,0.9,0.95 --guidance 1.5,3
+  python benchmarks/ablation.py --base-only --sources 16 --s 0.9,0.95 --finetune-prompt caption
 """
 
 import argparse
