@@ -90,7 +90,7 @@ def score(video: np.ndarray, source: evaluate.Detection, target: synthetic.Attri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default=str(pretrained.SHIPPED), help="cascade weights file (default: the shipped one)")
+    parser.add_argument("--weights", default=str(pretrained.SHIPPED), help="cascade weights file (default: shipped)")
     parser.add_argument("--sources", type=int, default=3)
     parser.add_argument("--s", default="0.6,0.8", help="comma-separated noise strengths")
     parser.add_argument("--steps", type=int, default=dreamix.FinetuneSettings.steps)
@@ -130,12 +130,12 @@ def main() -> None:
         reading = evaluate.detect(np.asarray(cascade.degrade(jnp.asarray(clip)[None], edited)[0]))
         readings.append(dataclasses.asdict(reading))
         targets = edits_of(source)
+        tune_prompt = source.caption() if args.finetune_prompt == "caption" else args.finetune_prompt
         for setting, weights in SETTINGS.items():
             tuned = model
             if weights is not None:
-                prompt = source.caption() if args.finetune_prompt == "caption" else args.finetune_prompt
-                tune = dreamix.FinetuneSettings(prompt=prompt, w_video=weights[0], alpha=weights[1], lr=args.lr,
-                                                steps=args.steps)
+                tune = dreamix.FinetuneSettings(prompt=tune_prompt, w_video=weights[0], alpha=weights[1],
+                                                lr=args.lr, steps=args.steps)
                 tuned, _ = dreamix.finetune(model, clip, tune, args.workdir, progress=False)
             cells = [(c, a, s, g) for c, a in CATEGORIES.items() for s in s_values for g in guidances]
             prefix = args.prompt_prefix if weights is not None else ""
