@@ -8,9 +8,10 @@ each `s` and guidance weight with sampling seeds 0 … N-1 (one batch per finetu
 edit as the demo's `result.json` does (`evaluate.edit_scores`): success is alignment 1 (every
 attribute of the prompt read) and fidelity 1 (size and start position kept).
 
-The cascade is cut to its base stage (8 × 16 × 16), where the layout is decided: the SR stages keep
-the detector's reading of the base output (benchmarks/tiny_quality.py), and a finetune of the base
-stage alone takes seconds to minutes.
+The cascade is cut to its base stage (8 × 16 × 16), where the layout is decided, and a finetune of
+the base stage alone takes seconds to minutes. The SR stages keep the detector's reading of base
+samples (benchmarks/tiny_quality.py), but not always of an edit whose colour lies between two
+classes: a background edited to light gray can read white here and gray after them (README).
 
   python benchmarks/demo_seeds.py                    # the demo's finetune; table + benchmarks/results/demo_seeds.json
   python benchmarks/demo_seeds.py --finetune-prompt caption --lr 1e-3 --steps 200 --s 0.85,0.9
