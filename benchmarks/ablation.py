@@ -111,7 +111,7 @@ def main() -> None:
     guidances = [float(g) for g in args.guidance.split(",")] if args.guidance else [model.stages[0].guidance]
     final = model.final  # sources are rendered at the cascade's output size, as inputs are
     if args.base_only:
-        model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+        model = model.base_only()
     edited = model.final  # the size edits come out at and are scored at (the base stage's with --base-only)
     sources = []
     seed = shapes_video.SPLIT_SEEDS["test"]

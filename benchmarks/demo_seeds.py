@@ -64,7 +64,7 @@ def main() -> None:
 
     model = pretrained.load(args.weights)
     guidances = _floats(args.guidance) or [model.stages[0].guidance]
-    model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+    model = model.base_only()
     clip, _ = video_io.read_frames(edit.EXAMPLE_CLIP)  # the demo's input, as decoded from the bundled file
     source = np.asarray(cascade.degrade(jnp.asarray(clip)[None], model.final)[0])
 

@@ -114,7 +114,7 @@ def main() -> None:
         cond_aug=aug(s)) for s in model.stages))
     final = model.final  # every stage's output is scored at the cascade's output size
     if args.base_only:
-        model = dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+        model = model.base_only()
     pairs = captions(args.samples)
     # One detection list per stage: each stage's output enlarged to the final size.
     by_stage: dict[str, list[evaluate.Detection]] = {s.name: [] for s in model.stages}

@@ -61,6 +61,10 @@ class Cascade:
         """The same cascade with other U-Nets (a finetuned copy)."""
         return dataclasses.replace(self, unets=unets)
 
+    def base_only(self) -> "Cascade":
+        """The cascade cut to its base stage: what decides an edit's layout, at a fraction of the cost."""
+        return dataclasses.replace(self, stages=self.stages[:1], unets=self.unets[:1])
+
 
 # ------------------------------------------------------------------------------------------------
 # Export: training workdirs → one file.

@@ -69,7 +69,7 @@ def test_unknown_camera_motion():
 
 
 def _base_only(model):
-    return dataclasses.replace(model, stages=model.stages[:1], unets=model.unets[:1])
+    return model.base_only()
 
 
 def test_noise_strength_zero_returns_the_degraded_input(small, clip):

@@ -33,7 +33,7 @@ DEVICES = 4
 def base_only(small):
     """The small cascade's base stage alone (`conftest.small_cascade_file`): stacking is the same for any
     stage and U-Net."""
-    return dataclasses.replace(small, stages=small.stages[:1], unets=small.unets[:1])
+    return small.base_only()
 
 
 @pytest.fixture(scope="module")
