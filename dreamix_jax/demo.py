@@ -1,9 +1,9 @@
 r"""The main job on the embedded default: the shipped tiny cascade edits the bundled clip.
 
-The bundled clip is "a red circle moving right on a gray background" (16 frames, 64 × 64). The
-demo finetunes the cascade on it (mixed objective), then edits it three ways in one batch: an
-appearance edit (colour), a motion edit (direction) and a background edit. It prints the
-side-by-side comparison of each.
+The bundled clip is "a red circle moving left on a gray background" (16 frames, 64 × 64). The
+demo finetunes the cascade's base stage on it under that caption (mixed objective), then edits it
+three ways in one batch: an appearance edit (colour), a motion edit (direction) and a background
+edit. It prints the side-by-side comparison of each. Its config is `configs/dreamix.py:demo`.
 
   python -m dreamix_jax.demo --workdir /tmp/dreamix_demo
 """
@@ -20,9 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/dreamix_demo", "Where the finetu
 
 def run(workdir: str) -> list[dict]:
     """The demo's edits, written under `workdir`."""
-    config = dreamix_configs.get_config("video")
-    config.prompt = ";".join(edit.EXAMPLE_EDITS)
-    return edit.run(config, workdir)
+    return edit.run(dreamix_configs.get_config("demo"), workdir)
 
 
 def main(argv: list[str]) -> None:

@@ -71,9 +71,10 @@ def test_demo_sweep_brackets_the_demo_defaults(small):
     """The `demo` sweep edits the demo's three prompts, and its grid holds the demo's own settings."""
     config = shapes_edit.get_config("demo")
     trials = sweep.trials_of(config, small.stages)
-    assert len(trials) == 36 and len({t.finetune for t in trials}) == 4
+    assert len(trials) == 54 and len({t.finetune for t in trials}) == 6
     assert {t.request.prompt for t in trials} == set(edit.EXAMPLE_EDITS)
     assert {t.finetune.stages for t in trials} == {("base",)}
+    assert config.edit.variant == "video" and config.edit.finetune.prompt == edit.EXAMPLE_CAPTION
     demo = edit.finetune_settings(config.edit)
     assert any(t.finetune.lr == demo.lr and t.finetune.steps == demo.steps and t.request.s == config.edit.s
                for t in trials)
