@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 EXAMPLE_CLIP = pathlib.Path(__file__).parent / "assets" / "example_clip.mp4"
 # The bundled clip. Its start lets each demo edit's motion stay inside the frame, as every
 # training track does: a large shape moving left starts at x in [0.67, 0.73], one moving up at
-# y in [0.67, 0.73]. It moves left because a vertical edit of a left-moving clip keeps its start
-# far more often than one of a right-moving clip (README, "How often the demo's edits succeed").
+# y in [0.67, 0.73]. It starts right of centre because at the demo's s the model draws a vertical
+# track where it would from pure noise, at x = 0.58 ± 0.09 whatever the input, so the motion edit
+# keeps a start of 0.70 in about half the draws and one of 0.30 almost never (README, "How often the
+# demo's edits succeed").
 EXAMPLE = synthetic.Attributes("red", "circle", "left", "gray", "large", start=(0.70, 0.70),
                                texture=(0.8, 1.6, 0.0))
 EXAMPLE_CAPTION = EXAMPLE.caption()
